@@ -1,0 +1,297 @@
+"""BERT WordPiece tokenization: Google's `tokenization.py` semantics on the Rust `tokenizers` engine.
+
+Basic tokenization (as BERT does it): control characters dropped and whitespace normalised, CJK
+characters split into single characters, punctuation split off, and for uncased models
+lower-casing plus accent stripping (NFD, combining marks removed). Then greedy longest-match-first
+WordPiece against `vocab.txt`, with `##` marking word continuations; a word longer than 100
+characters, or one with no matching pieces, becomes [UNK].
+
+Encoding a single text gives `[CLS] a [SEP]` (segment ids 0); a pair gives `[CLS] a [SEP] b [SEP]`
+(segment ids 0 for [CLS], a and the first [SEP]; 1 for b and the last [SEP]). Pairs longer than
+`max_len` are truncated longest-first: one token at a time from the end of the longer text.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from .errors import BertkitError
+from .textio import iter_lines
+
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
+
+
+class TruncationWarning(UserWarning):
+    """Some texts were longer than `max_len` and lost their tail."""
+
+
+def load_vocab(path: str | Path) -> dict[str, int]:
+    """Read a BERT `vocab.txt`: one token per line, the line number (from 0) is its id."""
+    path = Path(path)
+    if not path.is_file():
+        raise BertkitError(f"{path}: vocabulary file not found")
+    vocab: dict[str, int] = {}
+    for i, line in enumerate(iter_lines(path)):
+        token = line.strip()
+        if not token:
+            # Google's vocabularies never hold empty lines; an empty token cannot be matched anyway,
+            # but it still takes an id so the numbering of later lines stays right.
+            token = f"[bertkit-empty-line-{i}]"
+        vocab.setdefault(token, i)
+    if not vocab:
+        raise BertkitError(f"{path}: vocabulary file is empty")
+    missing = [t for t in (UNK, CLS, SEP) if t not in vocab]
+    if missing:
+        raise BertkitError(f"{path}: vocabulary lacks the special token(s) {', '.join(missing)}")
+    return vocab
+
+
+@dataclass
+class Encoding:
+    """One encoded text or text pair."""
+
+    tokens: list[str]
+    ids: list[int]
+    segment_ids: list[int]
+    offsets: list[tuple[int, int]]  # character span in its own text; (0, 0) for special tokens
+    truncated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class EncodedBatch:
+    """A padded batch: what a BERT model takes as input."""
+
+    input_ids: torch.Tensor  # (B, T) int64, padded with [PAD]
+    segment_ids: torch.Tensor  # (B, T) int64, 0 where padded
+    valid_lengths: torch.Tensor  # (B,) int64, the number of real tokens of each row
+    encodings: list[Encoding]
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(B, T) bool, True at real tokens."""
+        t = torch.arange(self.input_ids.shape[1], device=self.valid_lengths.device)
+        return t[None, :] < self.valid_lengths[:, None]
+
+    def to(self, device) -> "EncodedBatch":
+        return EncodedBatch(
+            self.input_ids.to(device), self.segment_ids.to(device), self.valid_lengths.to(device), self.encodings
+        )
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+class BertTokenizer:
+    """WordPiece tokenizer for one vocabulary, cased or uncased.
+
+    >>> tok = BertTokenizer("vocab.txt", lowercase=True)
+    >>> batch = tok(["a crane is flying", "a crane driver came"], max_len=128)
+    """
+
+    def __init__(self, vocab: str | Path | dict[str, int], lowercase: bool = True, strip_accents: bool | None = None):
+        self.vocab = dict(vocab) if isinstance(vocab, dict) else load_vocab(vocab)
+        self.lowercase = bool(lowercase)
+        # BERT strips accents exactly when it lower-cases, unless told otherwise.
+        self.strip_accents = self.lowercase if strip_accents is None else bool(strip_accents)
+        self.id_to_token = {i: t for t, i in self.vocab.items()}
+        self.pad_id = self.vocab.get(PAD, 0)
+        self.unk_id, self.cls_id, self.sep_id = self.vocab[UNK], self.vocab[CLS], self.vocab[SEP]
+        self.mask_id = self.vocab.get(MASK)
+
+        backend = Tokenizer(models.WordPiece(self.vocab, unk_token=UNK, max_input_chars_per_word=100))
+        backend.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=True, strip_accents=self.strip_accents, lowercase=self.lowercase
+        )
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.post_processor = processors.BertProcessing((SEP, self.sep_id), (CLS, self.cls_id))
+        backend.decoder = decoders.WordPiece(prefix="##")
+        self._backend = backend
+        self._max_len: int | None = None
+
+    # ---- vocabulary -------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return max(self.vocab.values()) + 1
+
+    def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]:
+        return [self.vocab.get(t, self.unk_id) for t in tokens]
+
+    def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
+        return [self.id_to_token.get(int(i), UNK) for i in ids]
+
+    # ---- encoding ---------------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[str]:
+        """The WordPiece tokens of one text, without [CLS]/[SEP]."""
+        return self._backend.encode(text, add_special_tokens=False).tokens
+
+    def tokenize_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """WordPiece ids of many texts, without special tokens (fast path for data pipelines)."""
+        return [e.ids for e in self._backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def _set_max_len(self, max_len: int, pair: bool) -> None:
+        need = 3 if pair else 2
+        if max_len < need:
+            raise BertkitError(f"max_len {max_len} is too small: {'a pair' if pair else 'a text'} needs at least {need}")
+        if self._max_len != max_len:
+            self._backend.enable_truncation(max_len, strategy="longest_first")
+            self._max_len = max_len
+
+    def encode_batch(
+        self, texts: Sequence[str], texts_b: Sequence[str] | None = None, max_len: int = 512
+    ) -> list[Encoding]:
+        texts = [_check_text(t, i) for i, t in enumerate(texts)]
+        if texts_b is not None:
+            texts_b = [_check_text(t, i) for i, t in enumerate(texts_b)]
+            if len(texts_b) != len(texts):
+                raise BertkitError(f"got {len(texts)} first texts but {len(texts_b)} second texts")
+        self._set_max_len(max_len, pair=texts_b is not None)
+        inputs = texts if texts_b is None else list(zip(texts, texts_b))
+        raw = self._backend.encode_batch(inputs, add_special_tokens=True)
+        out = [
+            Encoding(e.tokens, e.ids, e.type_ids, [tuple(o) for o in e.offsets], truncated=bool(e.overflowing))
+            for e in raw
+        ]
+        n_truncated = sum(e.truncated for e in out)
+        if n_truncated:
+            warnings.warn(
+                f"{n_truncated} of {len(out)} inputs were longer than max_len={max_len} tokens and were truncated",
+                TruncationWarning,
+                stacklevel=3,
+            )
+        return out
+
+    def encode(self, text: str, text_b: str | None = None, max_len: int = 512) -> Encoding:
+        return self.encode_batch([text], None if text_b is None else [text_b], max_len=max_len)[0]
+
+    def __call__(
+        self, texts: str | Sequence[str], texts_b: str | Sequence[str] | None = None, max_len: int = 512
+    ) -> EncodedBatch:
+        """Encode and pad a batch (to its longest row)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if isinstance(texts_b, str):
+            texts_b = [texts_b]
+        return self.pad(self.encode_batch(texts, texts_b, max_len=max_len))
+
+    def pad(self, encodings: list[Encoding]) -> EncodedBatch:
+        lengths = np.array([len(e) for e in encodings], dtype=np.int64)
+        width = int(lengths.max()) if len(lengths) else 0
+        ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
+        segs = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, e in enumerate(encodings):
+            ids[row, : len(e)] = e.ids
+            segs[row, : len(e)] = e.segment_ids
+        return EncodedBatch(torch.from_numpy(ids), torch.from_numpy(segs), torch.from_numpy(lengths), encodings)
+
+    # ---- decoding ---------------------------------------------------------------------------
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    # ---- files ------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """Write `vocab.txt` and a `tokenizer_config.json` that `transformers` reads too."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_vocab([self.id_to_token[i] for i in range(self.vocab_size)], directory / "vocab.txt")
+        (directory / "tokenizer_config.json").write_text(
+            json.dumps(
+                {
+                    "tokenizer_class": "BertTokenizer",
+                    "do_lower_case": self.lowercase,
+                    "strip_accents": None if self.strip_accents == self.lowercase else self.strip_accents,
+                    "tokenize_chinese_chars": True,
+                    "unk_token": UNK,
+                    "sep_token": SEP,
+                    "pad_token": PAD,
+                    "cls_token": CLS,
+                    "mask_token": MASK,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> "BertTokenizer":
+        """Load from a checkpoint directory: `vocab.txt` plus casing from `tokenizer_config.json`."""
+        directory = Path(directory)
+        lowercase, strip_accents = True, None  # BERT's defaults, as in transformers
+        cfg_path = directory / "tokenizer_config.json"
+        if cfg_path.is_file():
+            try:
+                cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise BertkitError(f"{cfg_path}: not valid JSON: {e}") from None
+            lowercase = bool(cfg.get("do_lower_case", True))
+            strip_accents = cfg.get("strip_accents")
+        return cls(directory / "vocab.txt", lowercase=lowercase, strip_accents=strip_accents)
+
+
+def _check_text(text, index: int) -> str:
+    if not isinstance(text, str):
+        raise BertkitError(f"input {index}: expected a string, got {type(text).__name__}")
+    return text
+
+
+def write_vocab(tokens: Sequence[str], path: str | Path) -> None:
+    Path(path).write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+
+
+def train_vocab(
+    files: Sequence[str | Path],
+    size: int = 30000,
+    lowercase: bool = True,
+    min_frequency: int = 2,
+    limit_alphabet: int = 1000,
+    errors: str = "strict",
+) -> list[str]:
+    """Train a WordPiece vocabulary on text files; returns the tokens in id order.
+
+    The special tokens come first: [PAD] is id 0, then [UNK], [CLS], [SEP], [MASK]. The
+    pre-tokenization is BERT's own, so the vocabulary matches how it will be used. On a small
+    corpus the trainer may stop below `size`: it never invents pieces no word needs.
+    """
+    if size < len(SPECIAL_TOKENS) + 1:
+        raise BertkitError(f"--size {size} is too small for a vocabulary")
+    if not files:
+        raise BertkitError("no input files given")
+    backend = Tokenizer(models.WordPiece(unk_token=UNK))
+    backend.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase
+    )
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        limit_alphabet=limit_alphabet,
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    n_lines = 0
+
+    def lines():
+        nonlocal n_lines
+        for f in files:
+            for line in iter_lines(f, errors=errors):
+                if line.strip():
+                    n_lines += 1
+                    yield line
+
+    backend.train_from_iterator(lines(), trainer=trainer)
+    if n_lines == 0:
+        raise BertkitError(f"no text found in {', '.join(map(str, files))}")
+    vocab = backend.get_vocab()
+    return [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
