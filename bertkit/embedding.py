@@ -30,12 +30,14 @@ class BertEmbedding:
         self.tokenizer = self.model.tokenizer
         self.max_len = min(max_len, self.model.config.max_position_embeddings)
         self.batch_size = batch_size
+        self.n_truncated = 0  # inputs cut to max_len so far, for callers that report it once
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
 
     def _batches(self, sentences: Sequence[str]) -> Iterator[tuple[list[int], object, torch.Tensor]]:
         """Yield (original indices, encodings, last hidden states (b, T, H)) batch by batch."""
         encodings = self.tokenizer.encode_batch(list(sentences), max_len=self.max_len)
+        self.n_truncated += sum(e.truncated for e in encodings)
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]))
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -12,13 +13,18 @@ def iter_lines(path: str | Path, errors: str = "strict") -> Iterator[str]:
     """Yield the lines of a UTF-8 text file without their line endings.
 
     Each line is decoded on its own so that invalid UTF-8 is reported with its line number;
-    `errors="replace"` substitutes U+FFFD instead of stopping.
+    `errors="replace"` substitutes U+FFFD instead of stopping. The path "-" reads standard input.
     """
-    path = Path(path)
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise BertkitError(f"{path}: cannot open: {e.strerror}") from None
+    if str(path) == "-":
+        f, path = sys.stdin.buffer, "<stdin>"
+    else:
+        path = Path(path)
+        if path.is_dir():
+            raise BertkitError(f"{path}: is a directory, expected a text file")
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            raise BertkitError(f"{path}: cannot open: {e.strerror}") from None
     with f:
         for lineno, raw in enumerate(f, start=1):
             try:

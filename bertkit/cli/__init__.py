@@ -1,7 +1,6 @@
 """The `bertkit` command: one subcommand per job, each in its own module of this package.
 
-A subcommand module defines `HELP` (one line), `add_arguments(parser)` and `run(args)`. Modules
-import torch and the heavy parts of bertkit inside `run`, so `bertkit --help` stays instant.
+A subcommand module defines `add_arguments(parser)` and `run(args)`, and is listed in COMMANDS.
 
 A user's mistake (`BertkitError`) prints one line, `bertkit: error: ...`, and exits with status 2;
 only a real bug shows a traceback.
@@ -16,14 +15,15 @@ import warnings
 
 from ..errors import BertkitError
 
-# subcommand name -> module in this package
+# subcommand name -> (module in this package, one-line help). A module is imported only when its
+# subcommand runs, so one command's imports never slow down or break another.
 COMMANDS = {
-    "demo": "demo",
-    "info": "info",
-    "vocab": "vocab",
-    "tokenize": "tokenize",
-    "embed": "embed",
-    "pretrain-data": "pretrain_data",
+    "demo": ("demo", "show what bertkit does, on a real pretrained BERT and embedded data (no arguments needed)"),
+    "info": ("info", "show a model's config, parameter count, heads and vocabulary"),
+    "vocab": ("vocab", "train a WordPiece vocabulary from text files"),
+    "tokenize": ("tokenize", "tokenize lines into JSON lines {tokens, ids, segment_ids}"),
+    "embed": ("embed", "token or sentence vectors from a BERT encoder"),
+    "pretrain-data": ("pretrain_data", "turn a corpus into masked-LM + next-sentence pretraining shards"),
 }
 
 
@@ -31,28 +31,40 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"bertkit: note: {message}", file=sys.stderr)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def top_level_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bertkit", description="Pretrain, fine-tune, embed and export BERT models."
+        prog="bertkit",
+        description="Pretrain, fine-tune, embed and export BERT models.",
+        epilog="Run 'bertkit COMMAND --help' for a command's options.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(f".{module_name}", __name__)
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+def command_parser(name: str):
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(f".{module_name}", __name__)
+    parser = argparse.ArgumentParser(prog=f"bertkit {name}", description=help_text)
+    module.add_arguments(parser)
+    return parser, module
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        parser = top_level_parser()
+        if not argv:
+            parser.print_help()
+            return 2
+        parser.parse_args(argv)  # prints help, or the unknown-command error and exits 2
         return 2
+    parser, module = command_parser(argv[0])
+    args = parser.parse_args(argv[1:])
     warnings.showwarning = _one_line_warning
     try:
-        return args._run(args) or 0
+        return module.run(args) or 0
     except BertkitError as e:
         print(f"bertkit: error: {e}", file=sys.stderr)
         return 2
