@@ -1,0 +1,54 @@
+"""`bertkit finetune`: fine-tune a checkpoint on a GLUE, sentiment or your own TSV task."""
+
+TASK_NAMES = ("sst-2", "cola", "mrpc", "sts-b", "qqp", "mnli", "qnli", "rte", "wnli", "xnli", "imdb", "rotten-tomatoes", "text")
+
+
+def add_arguments(p):
+    p.add_argument("--task", required=True, metavar="NAME", help="one of: " + ", ".join(TASK_NAMES))
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="the task's files: GLUE TSVs (DIR or DIR/TASK), aclImdb folders, XNLI, or train.tsv/dev.tsv for --task text "
+                        "(not needed for rotten-tomatoes)")
+    p.add_argument("--model", default="all-minilm-l6-v2", help="checkpoint directory or model name (default all-minilm-l6-v2)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the fine-tuned checkpoint, eval_results.json and metrics.jsonl go")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-len", type=int, default=128, help="tokens per example, [CLS]/[SEP] included (default 128)")
+    p.add_argument("--optimizer", choices=("adamw", "bertadam", "lamb"), default="adamw",
+                   help="adamw (torch), bertadam (Google BERT's: no bias correction), lamb")
+    p.add_argument("--epsilon", type=float, default=1e-6, help="Adam epsilon (default 1e-6)")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup-ratio", type=float, default=0.1, help="fraction of steps with linear warm-up (default 0.1)")
+    p.add_argument("--accumulate", type=int, default=1, help="batches per optimizer step (gradient accumulation)")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm, 0 for none (default 1.0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-batch-size", type=int, default=128)
+    p.add_argument("--max-train-examples", type=int, metavar="N", help="train on a seeded random subset of N examples")
+    p.add_argument("--regression", action="store_true", help="--task text: labels are numbers (MSE loss, Pearson/Spearman)")
+    p.add_argument("--lang", default="en", help="--task xnli: the language (default en)")
+    p.add_argument("--new-head", action="store_true",
+                   help="the checkpoint already has a task head for another task: re-initialise it, keep the encoder")
+    p.add_argument("--eval-before", action="store_true", help="also score the dev set before training")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+
+
+def run(args):
+    import json
+
+    import torch
+
+    from ..train.finetune import FinetuneConfig, finetune
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = FinetuneConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, epsilon=args.epsilon,
+        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, max_len=args.max_len, seed=args.seed,
+        accumulate=args.accumulate, max_grad_norm=args.max_grad_norm, eval_batch_size=args.eval_batch_size,
+        max_train_examples=args.max_train_examples, progress=not args.quiet, eval_before=args.eval_before,
+    )
+    results = finetune(args.task, args.data_dir, args.model, args.out, config, new_head=args.new_head,
+                       regression=args.regression, task_options={"lang": args.lang}, quiet=args.quiet)
+    dev = {k: v for k, v in results.items() if isinstance(v, dict) and k.startswith("dev")}
+    print(json.dumps({"task": results["task"], "best_epoch": results["best_epoch"], **dev}))
