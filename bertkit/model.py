@@ -191,6 +191,12 @@ class BertForSequenceClassification(nn.Module):
         _, pooled = self.bert(input_ids, segment_ids, valid_lengths, attention_mask)
         return self.classifier(self.dropout(pooled))
 
+    def predict(self, texts, texts_b=None, **kwargs):
+        """[{"label", "score"}] per text (or pair): the label and its probability, or a regression score."""
+        from .tasks.predict import predict
+
+        return predict(self, texts, texts_b, **kwargs)
+
 
 class BertForTokenClassification(nn.Module):
     """Every token -> dropout -> linear. Returns logits (B, T, num_labels)."""

@@ -197,7 +197,12 @@ class BertTokenizer:
 
     # ---- decoding ---------------------------------------------------------------------------
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
-        return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        ids = [int(i) for i in ids]
+        if skip_special_tokens:
+            # The backend does not know [CLS], [SEP], ... as special tokens, so drop them here.
+            special = {self.vocab[t] for t in SPECIAL_TOKENS if t in self.vocab}
+            ids = [i for i in ids if i not in special]
+        return self._backend.decode(ids, skip_special_tokens=False)
 
     # ---- files ------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -236,7 +241,31 @@ class BertTokenizer:
                 raise BertkitError(f"{cfg_path}: not valid JSON: {e}") from None
             lowercase = bool(cfg.get("do_lower_case", True))
             strip_accents = cfg.get("strip_accents")
-        return cls(directory / "vocab.txt", lowercase=lowercase, strip_accents=strip_accents)
+        vocab_txt, tokenizer_json = directory / "vocab.txt", directory / "tokenizer.json"
+        if not vocab_txt.is_file() and tokenizer_json.is_file():
+            # transformers 5 saves a tokenizer as tokenizer.json only: its WordPiece vocab is the same list.
+            return cls(vocab_from_tokenizer_json(tokenizer_json), lowercase=lowercase, strip_accents=strip_accents)
+        return cls(vocab_txt, lowercase=lowercase, strip_accents=strip_accents)
+
+
+def has_vocab(directory: str | Path) -> bool:
+    """Whether a checkpoint directory holds a vocabulary (vocab.txt, or a WordPiece tokenizer.json)."""
+    return (Path(directory) / "vocab.txt").is_file() or (Path(directory) / "tokenizer.json").is_file()
+
+
+def vocab_from_tokenizer_json(path: Path) -> dict[str, int]:
+    """The WordPiece vocabulary of a Hugging Face `tokenizer.json`."""
+    try:
+        model = json.loads(path.read_text(encoding="utf-8"))["model"]
+        vocab = model["vocab"] if model.get("type") == "WordPiece" else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise BertkitError(f"{path}: cannot read the tokenizer: {e}") from None
+    if not isinstance(vocab, dict) or not vocab:
+        raise BertkitError(f"{path}: not a WordPiece tokenizer (BERT needs one)")
+    missing = [t for t in (UNK, CLS, SEP) if t not in vocab]
+    if missing:
+        raise BertkitError(f"{path}: vocabulary lacks the special token(s) {', '.join(missing)}")
+    return {str(t): int(i) for t, i in vocab.items()}
 
 
 def _check_text(text, index: int) -> str:

@@ -41,7 +41,8 @@ def run(args):
     emb = BertEmbedding(args.model, max_len=args.max_len, batch_size=args.batch_size)
     lines = iter(args.sentences) if args.sentences else iter_lines(args.file, errors=args.errors)
     out = open(args.out, "w", encoding="utf-8") if args.out and args.format == "jsonl" else sys.stdout
-    bar = tqdm(desc="embedding", unit=" sentences", disable=not args.file, file=sys.stderr)
+    # A progress bar only for a person watching: piped stderr stays clean (one-line errors and notes).
+    bar = tqdm(desc="embedding", unit=" sentences", disable=not args.file or not sys.stderr.isatty(), file=sys.stderr)
     matrices, n_total = [], 0
     warnings.simplefilter("ignore", TruncationWarning)  # counted here and said once at the end
     try:
