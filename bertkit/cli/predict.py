@@ -1,0 +1,77 @@
+"""`bertkit predict`: the label (and its probability) or regression score of texts, from a fine-tuned checkpoint."""
+
+
+def add_arguments(p):
+    p.add_argument("--model", required=True, help="a fine-tuned checkpoint directory (from bertkit finetune, or transformers)")
+    p.add_argument("texts", nargs="*", metavar="TEXT [TEXT_B]", help="one text, or a pair of texts")
+    p.add_argument("--file", metavar="F.tsv",
+                   help="many inputs: a TSV with a header naming text (or sentence) and optionally text_b; "
+                        "writes one JSON object {label, score} per row")
+    p.add_argument("--out", metavar="F", help="with --file: write the JSON lines here (default standard output)")
+    p.add_argument("--max-len", type=int, help="tokens per input (default: the fine-tuning --max-len)")
+    p.add_argument("--batch-size", type=int, default=64)
+
+
+def read_inputs(path):
+    """(texts, texts_b or None) from a TSV with a header; errors name the file and line."""
+    from ..errors import BertkitError
+    from ..textio import iter_lines
+
+    lines = iter_lines(path)
+    header = next(lines, None)
+    if header is None:
+        raise BertkitError(f"{path}: file is empty (expected a header naming a 'text' column)")
+    names = [n.strip().lower() for n in header.split("\t")]
+    a = next((names.index(n) for n in ("text", "sentence", "text_a", "sentence1", "question", "#1 string") if n in names), None)
+    b = next((names.index(n) for n in ("text_b", "sentence2", "#2 string") if n in names), None)
+    if a is None:
+        raise BertkitError(f"{path}:1: header must name a 'text' (or 'sentence') column; found: {header!r}")
+    need = max(a, b if b is not None else 0) + 1
+    texts, texts_b = [], []
+    for lineno, line in enumerate(lines, start=2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < need:
+            raise BertkitError(f"{path}:{lineno}: malformed line: {len(fields)} tab-separated column(s), the header needs {need}")
+        for col in (a, b):
+            if col is not None and not fields[col].strip():
+                raise BertkitError(f"{path}:{lineno}: empty text in column {names[col]!r}")
+        texts.append(fields[a].strip())
+        if b is not None:
+            texts_b.append(fields[b].strip())
+    if not texts:
+        raise BertkitError(f"{path}: no rows after the header")
+    return texts, (texts_b if b is not None else None)
+
+
+def run(args):
+    import json
+    import sys
+
+    from ..checkpoint import load
+    from ..errors import BertkitError
+
+    if args.file and args.texts:
+        raise BertkitError("give either TEXT [TEXT_B] or --file, not both")
+    if not args.file and not 1 <= len(args.texts) <= 2:
+        raise BertkitError("give one TEXT, a pair TEXT TEXT_B, or --file F.tsv")
+    model = load(args.model)
+    if model.load_report.get("missing"):
+        missing = [m for m in model.load_report["missing"] if m.startswith("classifier.")]
+        if missing or not hasattr(model, "predict"):
+            raise BertkitError(f"--model {args.model}: not a fine-tuned classification/regression checkpoint (no task head)")
+    if not hasattr(model, "predict"):
+        raise BertkitError(f"--model {args.model}: not a sequence classification/regression checkpoint")
+    if args.file:
+        texts, texts_b = read_inputs(args.file)
+        results = model.predict(texts, texts_b, max_len=args.max_len, batch_size=args.batch_size)
+        out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+        for r in results:
+            out.write(json.dumps(r) + "\n")
+        if args.out:
+            out.close()
+        return 0
+    texts_b = [args.texts[1]] if len(args.texts) == 2 else None
+    r = model.predict([args.texts[0]], texts_b, max_len=args.max_len)[0]
+    print(f"{r['score']:.4f}" if r["label"] is None else f"{r['label']}\t{r['score']:.4f}")

@@ -1,0 +1,78 @@
+"""Predictions of a fine-tuned sequence classification / regression checkpoint.
+
+    model = bertkit.load("out/sst2")
+    model.predict(["this movie is so great"])   # [{"label": "1", "score": 0.98}]
+
+For classification `label` is the most probable label and `score` its softmax probability; for
+regression (one output) `label` is None and `score` the predicted value.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import BertkitError
+from ..tokenizer import TruncationWarning
+
+
+def _max_len(model) -> int:
+    directory = (getattr(model, "load_report", None) or {}).get("directory")
+    if directory:
+        from ..checkpoint import read_bertkit_info
+        from pathlib import Path
+
+        info = read_bertkit_info(Path(directory))
+        if info.get("max_len"):
+            return int(info["max_len"])
+    return min(512, model.config.max_position_embeddings)
+
+
+@torch.no_grad()
+def predict(model, texts: str | Sequence[str], texts_b: str | Sequence[str] | None = None,
+            max_len: int | None = None, batch_size: int = 64) -> list[dict]:
+    """[{"label", "score"}] for each text (or text pair), in input order."""
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        raise BertkitError("this model has no tokenizer (load it with bertkit.load from a checkpoint with vocab.txt)")
+    if isinstance(texts, str):
+        texts = [texts]
+    if isinstance(texts_b, str):
+        texts_b = [texts_b]
+    texts = list(texts)
+    if texts_b is not None:
+        texts_b = list(texts_b)
+        if len(texts_b) != len(texts):
+            raise BertkitError(f"got {len(texts)} first texts but {len(texts_b)} second texts")
+    for i, t in enumerate(texts + (texts_b or [])):
+        if not isinstance(t, str):
+            raise BertkitError(f"input {i % max(1, len(texts))}: expected a string, got {type(t).__name__}")
+        if not t.strip():
+            raise BertkitError(f"input {i % max(1, len(texts)) + 1}: empty text")
+    max_len = max_len or _max_len(model)
+    regression = model.num_labels == 1
+    labels = getattr(model, "labels", None) or [f"LABEL_{i}" for i in range(model.num_labels)]
+    was_training = model.training
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)
+        encodings = tok.encode_batch(texts, texts_b, max_len=max_len)
+    order = np.argsort([len(e) for e in encodings], kind="stable")
+    out: list[dict | None] = [None] * len(texts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = tok.pad([encodings[i] for i in rows])
+        logits = model(batch.input_ids, batch.segment_ids, batch.valid_lengths).float()
+        if regression:
+            for r, i in enumerate(rows):
+                out[i] = {"label": None, "score": float(logits[r, 0])}
+        else:
+            probs = torch.softmax(logits, dim=-1)
+            p, idx = probs.max(dim=-1)
+            for r, i in enumerate(rows):
+                out[i] = {"label": labels[int(idx[r])], "score": float(p[r])}
+    model.train(was_training)
+    return out
