@@ -77,8 +77,10 @@ def clean_wikitext_line(line: str) -> str:
     line = f" {line} "
     if "@" in line:
         line = line.replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", ".")
-    while " <unk> " in line:
-        line = line.replace(" <unk> ", " ")
+    if "<unk>" in line:
+        while " <unk> " in line:
+            line = line.replace(" <unk> ", " ")
+        line = line.replace("<unk>", "")  # glued to an escape, as in 'anti @-@ <unk>' or '16 @,@ <unk>'
     return line.strip()
 
 
