@@ -134,11 +134,19 @@ class BertTokenizer:
     # ---- encoding ---------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[str]:
         """The WordPiece tokens of one text, without [CLS]/[SEP]."""
+        self._no_truncation()
         return self._backend.encode(text, add_special_tokens=False).tokens
 
     def tokenize_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """WordPiece ids of many texts, without special tokens (fast path for data pipelines)."""
+        self._no_truncation()
         return [e.ids for e in self._backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def _no_truncation(self) -> None:
+        # The backend keeps the truncation an earlier `encode_batch` set; tokenizing never truncates.
+        if self._max_len is not None:
+            self._backend.no_truncation()
+            self._max_len = None
 
     def _set_max_len(self, max_len: int, pair: bool) -> None:
         need = 3 if pair else 2
