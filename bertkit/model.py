@@ -166,11 +166,19 @@ class BertForPreTraining(nn.Module):
         h = self.mlm_norm(self.act(self.mlm_transform(hidden)))
         return F.linear(h, self.bert.embeddings.word_embeddings.weight, self.mlm_bias)
 
-    def forward(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None, masked_positions=None):
+    def forward(
+        self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None,
+        masked_positions=None, masked_weights=None,
+    ):
+        """With `masked_weights` (B, P) too, only the predictions whose weight is > 0 are scored and
+        the MLM logits come back flat, (M, V) for those M positions in row-major order: padding
+        slots of a shard's fixed-width prediction arrays cost nothing."""
         input_ids, segment_ids, valid_lengths = _unpack_batch(input_ids, segment_ids, valid_lengths)
         seq, pooled = self.bert(input_ids, segment_ids, valid_lengths, attention_mask)
         if masked_positions is not None:
             seq = seq.gather(1, masked_positions.long()[:, :, None].expand(-1, -1, seq.shape[-1]))
+            if masked_weights is not None:
+                seq = seq[masked_weights > 0]
         return self.mlm_logits(seq), self.nsp(pooled)
 
 

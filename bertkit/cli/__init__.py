@@ -24,6 +24,7 @@ COMMANDS = {
     "tokenize": ("tokenize", "tokenize lines into JSON lines {tokens, ids, segment_ids}"),
     "embed": ("embed", "token or sentence vectors from a BERT encoder"),
     "pretrain-data": ("pretrain_data", "turn a corpus into masked-LM + next-sentence pretraining shards"),
+    "pretrain": ("pretrain", "pretrain a BERT (masked LM + next sentence) from shards; torchrun for many processes"),
     "finetune": ("finetune", "fine-tune a checkpoint on a GLUE / sentiment / TSV task; writes the best epoch's checkpoint"),
     "predict": ("predict", "classify (or score) texts with a fine-tuned checkpoint"),
 }

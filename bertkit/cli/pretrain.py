@@ -1,0 +1,58 @@
+"""`bertkit pretrain`: masked-LM + next-sentence pretraining from shards (torchrun for many processes)."""
+
+
+def add_arguments(p):
+    p.add_argument("--data", required=True, metavar="DIR", help="shard directory written by `bertkit pretrain-data`")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--config", metavar="NAME", help="a named shape to train from random weights (default bert_4_256_4)")
+    start.add_argument("--model", metavar="MODEL", help="a checkpoint to continue pretraining")
+    p.add_argument("--out", required=True, metavar="DIR", help="metrics.jsonl, checkpoint-STEP/ and final/ go here")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    p.add_argument("--batch-size", type=int, default=32, help="global batch: all processes and accumulation steps (default 32)")
+    p.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
+    p.add_argument("--warmup-ratio", type=float, default=0.01, help="share of steps with linear warmup (default 0.01)")
+    p.add_argument("--optimizer", choices=("adamw", "bertadam", "lamb"), default="adamw")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--epsilon", type=float, default=1e-6)
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ckpt-interval", type=int, default=500, help="write a checkpoint every N steps (and at the end)")
+    p.add_argument("--keep-checkpoints", type=int, default=3, help="how many checkpoints to keep (default 3)")
+    p.add_argument("--eval-data", metavar="DIR", help="held-out shards to evaluate on")
+    p.add_argument("--eval-interval", type=int, default=500, help="evaluate every N steps (and at the end)")
+    p.add_argument("--eval-batches", type=int, help="evaluate on at most N batches (default all)")
+    p.add_argument("--log-interval", type=int, default=10)
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    resume.add_argument("--resume-or-start", action="store_true", help="like --resume, but start fresh if there is none")
+    p.add_argument("--dropout", type=float, help="override the model's dropout probability")
+    p.add_argument("--plot", action="store_true", help="write OUT/loss.png with the loss and accuracy curves")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args):
+    from ..errors import BertkitError
+    from ..train.pretrain import PretrainOptions, pretrain
+
+    for name in ("steps", "batch_size", "accumulate", "ckpt_interval", "eval_interval", "log_interval"):
+        if getattr(args, name) < 1:
+            raise BertkitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 <= args.warmup_ratio < 1:
+        raise BertkitError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
+    opts = PretrainOptions(
+        data=args.data, out=args.out, config=args.config, model=args.model, steps=args.steps,
+        batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr, warmup_ratio=args.warmup_ratio,
+        optimizer=args.optimizer, weight_decay=args.weight_decay, epsilon=args.epsilon,
+        max_grad_norm=args.max_grad_norm, seed=args.seed, ckpt_interval=args.ckpt_interval,
+        keep_checkpoints=args.keep_checkpoints, eval_data=args.eval_data, eval_interval=args.eval_interval,
+        eval_batches=args.eval_batches, log_interval=args.log_interval, resume=args.resume,
+        resume_or_start=args.resume_or_start, dropout=args.dropout, plot=args.plot, device=args.device,
+        progress=not args.no_progress,
+    )
+    final = pretrain(opts)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"done: model in {final}, metrics in {args.out}/metrics.jsonl")

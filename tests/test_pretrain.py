@@ -1,0 +1,181 @@
+"""The pretraining loop: exact resume after SIGKILL, DDP equivalence, checkpoints, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import bertkit
+from bertkit.config import BertConfig
+from bertkit.model import BertForPreTraining
+
+ROOT = Path(__file__).resolve().parents[1]
+WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2" / "wiki.valid.tokens"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def bertkit_cli(*args, check=True, timeout=600, env=ENV):
+    proc = subprocess.run([sys.executable, "-m", "bertkit", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"bertkit {' '.join(map(str, args))} failed:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Real shards: the first ~600 lines of WikiText-2 valid with MiniLM's uncased vocabulary."""
+    if not WIKITEXT.is_file():
+        pytest.skip("../shared/data is not present")
+    tmp = tmp_path_factory.mktemp("pretrain")
+    corpus = tmp / "wiki.tokens"
+    corpus.write_text("".join(WIKITEXT.read_text(encoding="utf-8").splitlines(keepends=True)[:600]), encoding="utf-8")
+    vocab = bertkit.resolve("all-minilm-l6-v2") / "vocab.txt"
+    bertkit_cli("pretrain-data", "--input", corpus, "--vocab", vocab, "--out", tmp / "shards", "--format", "wikitext",
+                "--max-seq-length", "64", "--max-predictions-per-seq", "10", "--dupe-factor", "1")
+    return tmp / "shards"
+
+
+def train_args(data, out, *extra):
+    return ["pretrain", "--data", data, "--config", "bert_2_128_2", "--out", out, "--batch-size", "8",
+            "--lr", "1e-3", "--warmup-ratio", "0.25", "--log-interval", "1", "--no-progress", *extra]
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(directory / "model.safetensors")
+
+
+def test_resume_after_sigkill_is_exact(shards, tmp_path):
+    steps, half = 8, 4
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    bertkit_cli(*train_args(shards, full, "--steps", steps, "--ckpt-interval", half))
+
+    # The same run, killed with SIGKILL once its step-4 checkpoint is in place, then resumed.
+    cmd = [sys.executable, "-m", "bertkit", *map(str, train_args(shards, killed, "--steps", steps, "--ckpt-interval", half))]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (killed / f"checkpoint-{half}").is_dir():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists(), "the run finished before it could be killed; the test proves nothing"
+    bertkit_cli(*train_args(shards, killed, "--steps", steps, "--ckpt-interval", half, "--resume"))
+
+    a, b = metrics(full), metrics(killed)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, steps + 1))
+    for ra, rb in zip(a, b):
+        for key in ("loss", "mlm_loss", "nsp_loss", "lr"):
+            assert abs(ra[key] - rb[key]) <= 1e-6, (ra["step"], key, ra[key], rb[key])
+    wa, wb = weights(full / "final"), weights(killed / "final")
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+    # the checkpoints it wrote load in transformers with both heads
+    transformers = pytest.importorskip("transformers")
+    model, info = transformers.BertForPreTraining.from_pretrained(killed / f"checkpoint-{steps}", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def final_params(out: Path) -> dict[str, torch.Tensor]:
+    return weights(out / "final")
+
+
+def assert_close_params(a, b, tol=1e-5):
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= tol, worst
+
+
+def test_ddp_two_processes_match_one_process_and_accumulation(shards, tmp_path):
+    common = ["--steps", "3", "--dropout", "0", "--lr", "1e-4", "--ckpt-interval", "100"]
+    one = tmp_path / "one"
+    bertkit_cli(*train_args(shards, one, *common))
+    accum = tmp_path / "accum"
+    bertkit_cli(*train_args(shards, accum, *common, "--accumulate", "2"))
+    two = tmp_path / "two"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "bertkit",
+         *map(str, train_args(shards, two, *common))],
+        capture_output=True, text=True, env=ENV, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the run really moved the weights (else equality proves nothing)
+    torch.manual_seed(0)
+    start = bertkit.checkpoint.to_hf_state_dict(BertForPreTraining(BertConfig.from_preset("bert_2_128_2", vocab_size=30522, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)))
+    p_one = final_params(one)
+    assert max((p_one[k] - start[k]).abs().max().item() for k in start) > 1e-4
+    assert_close_params(p_one, final_params(two))
+    assert_close_params(p_one, final_params(accum))
+    # ranks other than 0 write nothing: one metrics file, one set of checkpoints
+    assert [r["step"] for r in metrics(two)] == [1, 2, 3]
+
+
+def test_keeps_last_checkpoints_and_falls_back_from_a_corrupt_one(shards, tmp_path):
+    out = tmp_path / "run"
+    bertkit_cli(*train_args(shards, out, "--steps", "4", "--ckpt-interval", "1", "--keep-checkpoints", "2"))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+    st = out / "checkpoint-4" / "model.safetensors"
+    st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])  # truncated, as by a crash or a full disk
+    proc = bertkit_cli(*train_args(shards, out, "--steps", "5", "--ckpt-interval", "1", "--resume"))
+    assert "checkpoint-4 cannot be resumed from" in proc.stdout + proc.stderr
+    assert "resuming from" in proc.stdout and "checkpoint-3" in proc.stdout
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4, 5]
+
+
+def one_line_error(proc) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bertkit: error:"), proc.stderr
+    return lines[0]
+
+
+def test_bad_input(shards, tmp_path):
+    # shards of another vocabulary size than the model
+    other = BertForPreTraining(BertConfig.from_preset("bert_2_128_2", vocab_size=100))
+    bertkit.save(other, tmp_path / "small-vocab")
+    msg = one_line_error(bertkit_cli("pretrain", "--data", shards, "--model", tmp_path / "small-vocab", "--out",
+                                     tmp_path / "x", "--steps", "1", check=False))
+    assert "30522" in msg and "100" in msg
+    # an empty shard directory
+    (tmp_path / "empty").mkdir()
+    msg = one_line_error(bertkit_cli(*train_args(tmp_path / "empty", tmp_path / "y", "--steps", "1"), check=False))
+    assert "no .npz shards" in msg
+    # --resume with no checkpoint: refuses, and says how to start fresh
+    msg = one_line_error(bertkit_cli(*train_args(shards, tmp_path / "z", "--steps", "1", "--resume"), check=False))
+    assert "--resume-or-start" in msg
+    bertkit_cli(*train_args(shards, tmp_path / "z", "--steps", "1", "--resume-or-start"))
+    assert (tmp_path / "z" / "final" / "model.safetensors").is_file()
+    # a directory that already holds checkpoints, without --resume
+    msg = one_line_error(bertkit_cli(*train_args(shards, tmp_path / "z", "--steps", "1"), check=False))
+    assert "--resume" in msg
+    # a batch that does not divide across accumulation steps (or ranks)
+    msg = one_line_error(bertkit_cli(*train_args(shards, tmp_path / "w", "--steps", "1", "--accumulate", "3"), check=False))
+    assert "not divisible" in msg
+
+
+def test_divergence_stops_with_the_last_good_checkpoint(shards, tmp_path):
+    out = tmp_path / "run"
+    proc = bertkit_cli(*train_args(shards, out, "--steps", "50", "--ckpt-interval", "1", "--lr", "1e30",
+                                   "--warmup-ratio", "0", "--max-grad-norm", "0"), check=False)
+    msg = one_line_error(proc)
+    assert "diverged" in msg
+    kept = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if kept:  # the named checkpoint exists and loads
+        assert kept[-1].name in msg
+        bertkit.load(kept[-1])
