@@ -130,12 +130,22 @@ def test_reader_errors(tmp_path):
 def test_word_cache_matches_tokenizer_on_real_text(tokenizer, wikitext_valid):
     sentences = [s for doc in iter_documents(wikitext_valid, "wikitext") for s in document_sentences(doc, "wikitext")]
     sentences += ["", " ", "  two  spaces ", "Ünïcödé naïve café", "中文字符 test", "tab\tand\u00a0nbsp",
-                  "x\u2028y", "ctrl\x0bchar", "e\u0301t\u00e9", "a" * 150 + " long"]
+                  "x\u2028y", "ctrl\x0bchar", "e\u0301t\u00e9", "a" * 150 + " long", "pipe|inside a|b | c",
+                  "\u0301 mark first", "[SEP] [MASK] literal", "##piece 100%"]
     expected = tokenizer.tokenize_batch(sentences)
     cache = WordCacheTokenizer(tokenizer, max_words=5000)  # small: the cache is cleared on the way
     assert cache.tokenize_batch(sentences[:3000]) == expected[:3000]
     assert cache.tokenize_batch(sentences) == expected
-    assert len(cache.cache) <= 5000 or len(cache.cache) == len({w for s in sentences for w in s.split(" ")})
+    assert cache.separator == "|"  # words are tokenized a few hundred at a time, joined by " | "
+    assert len(cache.slot) <= 5000 or len(cache.slot) == len({w for s in sentences for w in s.split(" ")})
+
+
+def test_word_cache_cased(tokenizer):
+    from bertkit.tokenizer import BertTokenizer
+
+    cased = BertTokenizer(tokenizer.vocab, lowercase=False)
+    texts = ["Café Über naïve", "MiXeD case | pipes", "e\u0301 \u0301x", ""]
+    assert WordCacheTokenizer(cased).tokenize_batch(texts) == cased.tokenize_batch(texts)
 
 
 # ---- wiki-sample ------------------------------------------------------------------------------------
