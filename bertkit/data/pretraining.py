@@ -19,6 +19,7 @@ import collections
 import itertools
 import json
 import multiprocessing
+import os
 import random
 import shutil
 import sys
@@ -82,8 +83,6 @@ _worker: dict = {}
 
 def _init_worker(vocab: dict[str, int], lowercase: bool, strip_accents: bool | None, config: PretrainingConfig,
                  out_dir: str, single_thread: bool) -> None:
-    import os
-
     if single_thread:
         # N worker processes already use the N cores; the tokenizer's own thread pool would only
         # oversubscribe them. Must be set before the tokenizer first runs in this process.
@@ -216,7 +215,18 @@ def _run_chunks(chunks, workers: int, init_args: tuple) -> Iterator[dict]:
         return
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     ctx = multiprocessing.get_context(method)
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(*init_args, True)) as pool:
+    # If this process already ran a tokenizer (a demo, a notebook), the tokenizers library warns in
+    # every forked child unless TOKENIZERS_PARALLELISM is set; the workers run single-threaded anyway.
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(*init_args, True))
+    finally:
+        if saved is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+    with pool:
         pending: collections.deque = collections.deque()
         for index, fmt, docs in chunks:
             pending.append(pool.apply_async(process_chunk, (index, fmt, docs)))
