@@ -117,6 +117,9 @@ class BertTokenizer:
         backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         backend.post_processor = processors.BertProcessing((SEP, self.sep_id), (CLS, self.cls_id))
         backend.decoder = decoders.WordPiece(prefix="##")
+        # Special tokens written in the text ("the [MASK] sat") are matched whole, before casing
+        # and punctuation splitting would break them apart, as in transformers' BERT tokenizers.
+        backend.add_special_tokens([t for t in SPECIAL_TOKENS if t in self.vocab])
         self._backend = backend
         self._max_len: int | None = None
 

@@ -1,6 +1,7 @@
 """`bertkit demo`: the main job on embedded defaults, no arguments needed.
 
-Each step is a function that prints what it shows; later steps (pretraining, fine-tuning) add theirs.
+Each step is a function that prints what it shows: a real pretrained BERT's tokens and vectors,
+pretraining one from scratch (demo_pretrain.py), and fine-tuning for sentiment.
 """
 
 
@@ -19,6 +20,8 @@ UNRELATED = "I like to eat pizza with my friends."
 
 def add_arguments(p):
     p.add_argument("--model", default="all-minilm-l6-v2", help="pretrained checkpoint to show (default all-minilm-l6-v2)")
+    p.add_argument("--out", default="bertkit-demo", help="where the pretrained model, data and plots go (default ./bertkit-demo)")
+    p.add_argument("--pretrain-steps", type=int, default=300, help="pretraining steps (default 300, a few minutes on 2 cores)")
 
 
 def cosine(a, b) -> float:
@@ -68,7 +71,7 @@ def step_finetune(model_name: str, train_examples: int = 1500) -> None:
     from ..checkpoint import load
     from ..train.finetune import FinetuneConfig, finetune
 
-    print("\n== 5. Fine-tuning: sentiment from real Rotten Tomatoes review snippets")
+    print("\n== 6. Fine-tuning: sentiment from real Rotten Tomatoes review snippets")
     print(f"   {train_examples} training snippets, 1 epoch, max_len 64 (a few minutes on 2 CPU cores; "
           "`bertkit finetune --task rotten-tomatoes` trains on all of them)")
     config = FinetuneConfig(epochs=1, batch_size=32, lr=1e-4, max_len=64, max_train_examples=train_examples,
@@ -85,11 +88,15 @@ def step_finetune(model_name: str, train_examples: int = 1500) -> None:
 
 def run(args):
     import time
+    from pathlib import Path
+
+    from .demo_pretrain import step_pretrain
 
     import torch
 
     torch.manual_seed(0)
     start = time.perf_counter()
     step_embeddings(args.model)
+    step_pretrain(Path(args.out), args.pretrain_steps)
     step_finetune(args.model)
     print(f"\ndemo finished in {time.perf_counter() - start:.1f}s")
