@@ -136,6 +136,7 @@ def make_chunk_arrays(chunk: TokenizedChunk, index: int, config: PretrainingConf
         "corpus_tokens": int(len(chunk.tokens)),
         "instances": len(spans),
         "random_next": int(spans.is_random_next.sum()),
+        "random_next_forced": int(spans.forced_random.sum()),
         "short_target_draws": spans.short_targets_drawn,
         "target_draws": spans.documents_drawn,
         "tokens": 0,
@@ -336,6 +337,9 @@ def create_pretraining_data(
         "masked_positions": None if config.dynamic_masking else totals["masked"],
         "mean_masked_per_instance": None if config.dynamic_masking else round(totals["masked"] / n, 3),
         "random_next_share": round(totals["random_next"] / n, 4),
+        # Google's rule: a chunk of one sentence always gets a random B (no coin flip); these raise
+        # random_next_share above 0.5, mostly in documents that drew a short target
+        "random_next_forced_share": round(totals["random_next_forced"] / n, 4),
         "short_target_share": round(totals["short_target_draws"] / max(totals["target_draws"], 1), 4),
         "time_s": round(elapsed, 2),
         "tokens_per_s": round(totals["tokens"] / elapsed),
@@ -370,7 +374,8 @@ def summary(stats: dict, out_dir: str | Path) -> str:
             f"  {s['documents']} documents, {s['sentences']} sentences, {s['corpus_tokens']} corpus tokens",
             f"  {s['instances']} instances, {s['tokens']} tokens ({s['mean_tokens_per_instance']} per instance, "
             f"{100 * s['padding_share']:.1f}% padding), {masked}",
-            f"  random next: {100 * s['random_next_share']:.1f}%, short targets: {100 * s['short_target_share']:.1f}% "
+            f"  random next: {100 * s['random_next_share']:.1f}% ({100 * s['random_next_forced_share']:.1f}% forced: "
+            f"one-sentence chunks), short targets: {100 * s['short_target_share']:.1f}% "
             f"of documents",
             f"  {s['time_s']} s, {s['tokens_per_s'] / 1e6:.2f}M tokens/s with {s['settings']['workers']} worker(s)",
         ]
