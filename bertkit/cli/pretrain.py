@@ -27,6 +27,7 @@ def add_arguments(p):
     resume.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
     resume.add_argument("--resume-or-start", action="store_true", help="like --resume, but start fresh if there is none")
     p.add_argument("--dropout", type=float, help="override the model's dropout probability")
+    p.add_argument("--max-minutes", type=float, help="stop after this much wall time (final checkpoint and eval included)")
     p.add_argument("--plot", action="store_true", help="write OUT/loss.png with the loss and accuracy curves")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -48,7 +49,7 @@ def run(args):
         max_grad_norm=args.max_grad_norm, seed=args.seed, ckpt_interval=args.ckpt_interval,
         keep_checkpoints=args.keep_checkpoints, eval_data=args.eval_data, eval_interval=args.eval_interval,
         eval_batches=args.eval_batches, log_interval=args.log_interval, resume=args.resume,
-        resume_or_start=args.resume_or_start, dropout=args.dropout, plot=args.plot, device=args.device,
+        resume_or_start=args.resume_or_start, dropout=args.dropout, plot=args.plot, max_minutes=args.max_minutes, device=args.device,
         progress=not args.no_progress,
     )
     final = pretrain(opts)

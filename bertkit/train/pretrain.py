@@ -62,6 +62,7 @@ class PretrainOptions:
     resume_or_start: bool = False
     dropout: float | None = None  # override the config's dropout (0 for exactness tests)
     plot: bool = False
+    max_minutes: float | None = None  # stop (with a final checkpoint and eval) after this much wall time
     device: str | None = None
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -270,7 +271,9 @@ def _pretrain(opts: PretrainOptions, ctx: distributed.DistributedContext) -> Pat
     batches = islice(data.iter_epoch(epoch), batch_in_epoch, None)
     window_start, window_tokens = time.perf_counter(), 0
     last_eval = None
-    while step < opts.steps:
+    deadline = time.perf_counter() + 60 * opts.max_minutes if opts.max_minutes else None
+    stop_at = opts.steps
+    while step < stop_at:
         global_batch = next(batches, None)
         if global_batch is None:  # end of an epoch: reshuffle and go on
             epoch, batch_in_epoch = epoch + 1, 0
@@ -303,9 +306,16 @@ def _pretrain(opts: PretrainOptions, ctx: distributed.DistributedContext) -> Pat
         optimizer.zero_grad(set_to_none=True)
         step += 1
         bar.update(1)
+        if deadline is not None and step < stop_at:
+            # every rank must stop at the same step: rank 0's clock decides
+            out_of_time = ctx.broadcast_object(time.perf_counter() > deadline)
+            if out_of_time:
+                stop_at = step
+                if ctx.is_main:
+                    print(f"bertkit: note: --max-minutes {opts.max_minutes} reached at step {step}")
 
         row = None
-        if step % opts.log_interval == 0 or step == opts.steps:
+        if step % opts.log_interval == 0 or step == stop_at:
             elapsed = time.perf_counter() - window_start
             tokens_per_s = window_tokens / max(elapsed, 1e-9)
             seqlen = float(global_batch["valid_lengths"].float().mean())
@@ -317,12 +327,12 @@ def _pretrain(opts: PretrainOptions, ctx: distributed.DistributedContext) -> Pat
                 row["mfu"] = mfu
             bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{100 * mfu:.1f}%" if mfu else "?")
             window_start, window_tokens = time.perf_counter(), 0
-        if eval_data is not None and (step % opts.eval_interval == 0 or step == opts.steps):
+        if eval_data is not None and (step % opts.eval_interval == 0 or step == stop_at):
             last_eval = run_eval()
             row = {**(row or {"step": step}), **last_eval}
         if row is not None and log is not None:
             log.write(row)
-        if step % opts.ckpt_interval == 0 or step == opts.steps:
+        if step % opts.ckpt_interval == 0 or step == stop_at:
             save_checkpoint()
     bar.close()
 
