@@ -125,7 +125,7 @@ def _label(raw: str, task: Task, loc: str):
 
 def _task_dir(task: Task, data_dir: Path, folder: str, probe: str) -> Path:
     """Accept either the task folder itself or the GLUE root holding it."""
-    if not (data_dir / probe).is_file() and (data_dir / folder / probe).is_file():
+    if not (data_dir / probe).is_file() and (data_dir / folder).is_dir():
         return data_dir / folder
     return data_dir
 
@@ -177,7 +177,7 @@ def read_imdb(task: Task, data_dir: Path, **_):
             if not folder.is_dir():
                 raise BertkitError(f"task {task.name}: folder {folder} not found (expected {task.layout})")
             for path in sorted(folder.glob("*.txt")):
-                text = " ".join(iter_lines(path)).replace("<br />", " ").strip()
+                text = " ".join(" ".join(iter_lines(path)).replace("<br />", " ").split())
                 if not text:
                     raise BertkitError(f"{path}:1: empty text")
                 examples.append(Example(text, None, label, str(path)))
