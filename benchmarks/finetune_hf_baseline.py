@@ -128,7 +128,8 @@ def main():
     result = {"task": task.name, "implementation": "transformers", "best_epoch": best["epoch"], dev_name: best[dev_name],
               "main_metric": task.main_metric, "epochs": epochs, "train_seconds_per_epoch": [r["train_seconds"] for r in epochs],
               "wall_seconds": round(time.perf_counter() - wall, 2), "hyperparameters": vars(args),
-              "torch_threads": torch.get_num_threads()}
+              "torch_threads": torch.get_num_threads(),
+              "peak_rss_mb": round(__import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss / 1024, 1)}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "eval_results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("task", "best_epoch", dev_name, "train_seconds_per_epoch")}))

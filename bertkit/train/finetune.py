@@ -339,11 +339,21 @@ def finetune(task: str | Task, data_dir, model: str, out, config: FinetuneConfig
         "wall_seconds": round(time.perf_counter() - wall_start, 2),
         "hyperparameters": hyper,
         "torch_threads": torch.get_num_threads(),
+        "peak_rss_mb": _peak_rss_mb(),
     }
     (out / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
     _log(f"best epoch {best_epoch}: {_fmt(best_results)}; saved to {out}", quiet)
     net.tokenizer = tokenizer
     return results
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+    except (ImportError, OSError):
+        return None
 
 
 def _fmt(results: dict) -> str:
