@@ -95,6 +95,7 @@ TRICKY = [
     "emoji 🙂 and symbols ©®™ ∑",
     "x" * 120 + " long word",
     "don't stop-believing... (really?) [CLS-ish]",
+    "the [MASK] sat on [SEP] the mat [unused3] [mask]",
     "ÅNGSTRÖM Ǆemal ﬁnance",
     "",
     "   \t  ",
