@@ -1,10 +1,11 @@
 """The reference for docs/results.md: the same fine-tuning with Hugging Face transformers.
 
 `transformers.BertForSequenceClassification` in a plain PyTorch loop, with everything else held
-equal to `bertkit finetune`: the same examples (bertkit's task readers), the same length-bucketed
-batch order (same seed, same sampler), torch AdamW over the same parameter groups (no decay on
+equal to `bertkit finetune`: the same examples (bertkit's task readers), torch AdamW over the same parameter groups (no decay on
 biases and LayerNorm weights), the same linear warm-up/decay schedule, gradient clipping at 1.0,
-dropout 0.1, fp32 on CPU. Tokenization is transformers' own BertTokenizerFast. Prints and writes
+dropout 0.1, fp32 on CPU. Tokenization is transformers' own BertTokenizerFast. Batches: `--batching
+random` (default) is the plain loop as usually written, a shuffled order and each batch padded to
+its longest row; `--batching bucketed` uses bertkit's length-bucketed sampler (same seed, same order). Prints and writes
 the dev metrics of the best epoch and the training seconds of each epoch (evaluation excluded).
 
     python benchmarks/finetune_hf_baseline.py --task mrpc --data-dir ../shared/data/glue_data \
@@ -66,6 +67,7 @@ def main():
     p.add_argument("--warmup-ratio", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--batching", choices=("random", "bucketed"), default="random")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -99,7 +101,12 @@ def main():
         model.train()
         t0 = time.perf_counter()
         total, seen = 0.0, 0
-        for rows in bucket_batches(lengths, args.batch_size, rng):
+        if args.batching == "bucketed":
+            batches = bucket_batches(lengths, args.batch_size, rng)
+        else:
+            order = rng.permutation(len(lengths))
+            batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+        for rows in batches:
             x, s, m = collate(train_ids, train_segs, rows)
             logits = model(input_ids=x, token_type_ids=s, attention_mask=m).logits
             y = y_train[rows]

@@ -1,6 +1,6 @@
 """Training-step speed, bertkit vs transformers, interleaved so a busy shared machine slows both alike.
 
-The same fine-tuning batches (a task's training set, bertkit's length-bucketed order, seed 0) go
+The same fine-tuning batches (a task's training set; bertkit's length-bucketed order or a shuffled one, seed 0) go
 through a training step (forward, cross-entropy / MSE, backward, clip, AdamW step) of bertkit's
 BertForSequenceClassification and of transformers' (sdpa attention), alternating batch by batch:
 bertkit on batch i, then transformers on batch i. Prints per-implementation seconds and the ratio.
@@ -34,6 +34,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-len", type=int, default=128)
     p.add_argument("--threads", type=int)
+    p.add_argument("--batching", choices=("bucketed", "random"), default="bucketed",
+                   help="bucketed: bertkit's length-bucketed batches; random: shuffled batches padded to their longest row")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -47,11 +49,15 @@ def main():
     hf = BertForSequenceClassification.from_pretrained(resolve(args.model), num_labels=n_labels, attn_implementation="sdpa")
     hf.classifier.load_state_dict(ours.classifier.state_dict())
     enc = Encoded(ours.tokenizer, data.train, task, data.labels, args.max_len)
-    batches = bucket_batches(enc.lengths, args.batch_size, np.random.default_rng(0))[: args.batches + 1]
+    if args.batching == "bucketed":
+        batches = bucket_batches(enc.lengths, args.batch_size, np.random.default_rng(0))[: args.batches + 1]
+    else:
+        order = np.random.default_rng(0).permutation(len(enc))
+        batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)][: args.batches + 1]
     models = {"bertkit": ours.train(), "transformers": hf.train()}
     opts = {k: torch.optim.AdamW(param_groups(m, 0.01), lr=1e-5, eps=1e-6) for k, m in models.items()}
     seconds = {k: [] for k in models}
-    tokens = 0
+    tokens = padded = 0
     for i, rows in enumerate(batches):
         ids, segs, lens, y = enc.batch(rows)
         mask = (torch.arange(ids.shape[1])[None, :] < lens[:, None]).long()
@@ -70,10 +76,11 @@ def main():
                 seconds[name].append(time.perf_counter() - t0)
         if i > 0:
             tokens += int(lens.sum())
+            padded += ids.numel()
     total = {k: sum(v) for k, v in seconds.items()}
     ratios = [h / b for b, h in zip(seconds["bertkit"], seconds["transformers"])]
     result = {
-        "task": task.name, "batches": args.batches, "batch_size": args.batch_size, "real_tokens": tokens,
+        "task": task.name, "batching": args.batching, "batches": args.batches, "batch_size": args.batch_size, "real_tokens": tokens, "padded_tokens": padded,
         "threads": torch.get_num_threads(),
         "seconds": {k: round(v, 2) for k, v in total.items()},
         "tokens_per_s": {k: round(tokens / v, 1) for k, v in total.items()},
