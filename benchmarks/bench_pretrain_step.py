@@ -87,8 +87,8 @@ def bench(config: str, batch_size: int, steps: int, shard_dir: Path, vocab_size:
     ours = BertForPreTraining(cfg).train()
     bertkit.save(ours, tmp / config)
     theirs = HFBertForPreTraining.from_pretrained(tmp / config, attn_implementation="sdpa").train()
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-5)
-    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-5)
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-5, fused=True)  # fused: transformers Trainer's default too
+    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-5, fused=True)
     data = batches(shard_dir, batch_size, steps + 1)
     bertkit_step(ours, opt_ours, data[0])  # warm-up: first-call allocations
     hf_step(theirs, opt_theirs, data[0])
