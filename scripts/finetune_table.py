@@ -33,7 +33,7 @@ def main(root="runs/glue"):
         secs = [s for _, r in runs for s in r["train_seconds_per_epoch"]]
         print(f"| {task} | {impl} | {','.join(str(s) for s, _ in runs)} | {'; '.join(cells)} | "
               f"{','.join(str(r['best_epoch']) for _, r in runs)} | {statistics.median(secs):.0f} | "
-              f"{' / '.join(f'{r['wall_seconds']:.0f}' for _, r in runs)} | {','.join(str(r.get('torch_threads')) for _, r in runs)} |")
+              f"{' / '.join(str(round(r['wall_seconds'])) for _, r in runs)} | {','.join(str(r.get('torch_threads')) for _, r in runs)} |")
 
 
 if __name__ == "__main__":
