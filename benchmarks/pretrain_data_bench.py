@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -61,6 +62,7 @@ def _kib(path: str, key: str) -> int:
 
 def run_measured(cmd: list[str], env: dict) -> dict:
     """Run cmd; poll the process tree's memory until it exits."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak_rss = peak_pss = 0
@@ -73,7 +75,9 @@ def run_measured(cmd: list[str], env: dict) -> dict:
     out, err = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
-    return {"wall_s": wall, "peak_rss_mib": peak_rss / 1024, "peak_pss_mib": peak_pss / 1024}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the CLI and its (waited-for) workers
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": peak_rss / 1024, "peak_pss_mib": peak_pss / 1024}
 
 
 def main() -> None:
@@ -116,6 +120,7 @@ def main() -> None:
                 r.update(tokens=stats["tokens"], work_s=stats["time_s"], instances=stats["instances"])
                 results[name].append(r)
                 print(f"pass {p} {name}: {r['tokens']} tokens, work {r['work_s']:.2f}s, wall {r['wall_s']:.2f}s, "
+                      f"cpu {r['cpu_s']:.2f}s (load {os.getloadavg()[0]:.1f}), "
                       f"peak RSS {r['peak_rss_mib']:.0f} MiB, peak PSS {r['peak_pss_mib']:.0f} MiB", file=sys.stderr)
 
     def med(name, key):
@@ -125,6 +130,7 @@ def main() -> None:
                     "work_tok_s": statistics.median(r["tokens"] / r["work_s"] for r in results[name]),
                     "wall_tok_s": statistics.median(r["tokens"] / r["wall_s"] for r in results[name])}
              for name in sizes}
+    load = statistics.median(os.getloadavg()[:2])
     shown = " ".join(command(["U..."], "OUT")[1:]).replace(sys.executable, "python")
     print(f"corpus unit U: {unit_mb:.1f} MB of real text ({', '.join(Path(p).name for p in unit)})")
     print(f"command: python {shown}  (median of {args.passes} passes)")
@@ -136,6 +142,9 @@ def main() -> None:
     ratio_rss = med("4U", "peak_rss_mib") / med("2U", "peak_rss_mib")
     ratio_pss = med("4U", "peak_pss_mib") / med("2U", "peak_pss_mib")
     print(f"peak memory 4U / 2U: RSS {ratio_rss:.3f}, PSS {ratio_pss:.3f} (target: within 1.15)")
+    print(f"CPU seconds of the whole command (start-up included) per million instance tokens, median: "
+          + ", ".join(f"{name} {med(name, 'cpu_s') / speed[name]['tokens'] * 1e6:.2f}" for name in sizes))
+    print(f"load average at the end: {load:.1f} on {os.cpu_count()} cores (the machine is shared)")
     print(f"speed on U (unique text), {args.workers} workers: {speed['1U']['work_tok_s'] / 1e6:.2f}M tokens/s "
           f"(target 1.00M) {'met' if speed['1U']['work_tok_s'] >= 1e6 else 'MISSED'}")
 
