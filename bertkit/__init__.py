@@ -3,35 +3,43 @@
     import bertkit
     model = bertkit.load("all-minilm-l6-v2")      # or a checkpoint directory
     seq, pooled = model(model.tokenizer(["a crane is flying"]))
+
+Names are imported on first use (PEP 562), so `import bertkit` does not load torch: commands that
+never touch a model (`bertkit pretrain-data`, `tokenize`, `vocab`) start in a fraction of a second.
 """
 
-from .checkpoint import load, resolve, save
-from .config import PRESETS, BertConfig
-from .embedding import BertEmbedding
-from .errors import BertkitError
-from .model import (
-    BertForPreTraining,
-    BertForQuestionAnswering,
-    BertForSequenceClassification,
-    BertForTokenClassification,
-    BertModel,
-)
-from .tokenizer import BertTokenizer
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BertConfig",
-    "BertEmbedding",
-    "BertForPreTraining",
-    "BertForQuestionAnswering",
-    "BertForSequenceClassification",
-    "BertForTokenClassification",
-    "BertModel",
-    "BertTokenizer",
-    "BertkitError",
-    "PRESETS",
-    "load",
-    "resolve",
-    "save",
-]
+# public name -> module that defines it
+_EXPORTS = {
+    "load": "checkpoint",
+    "resolve": "checkpoint",
+    "save": "checkpoint",
+    "BertConfig": "config",
+    "PRESETS": "config",
+    "BertEmbedding": "embedding",
+    "BertkitError": "errors",
+    "BertModel": "model",
+    "BertForPreTraining": "model",
+    "BertForSequenceClassification": "model",
+    "BertForTokenClassification": "model",
+    "BertForQuestionAnswering": "model",
+    "BertTokenizer": "tokenizer",
+    "fill_mask": "masked_lm",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'bertkit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from .errors import BertkitError
@@ -73,14 +72,16 @@ class Encoding:
 class EncodedBatch:
     """A padded batch: what a BERT model takes as input."""
 
-    input_ids: torch.Tensor  # (B, T) int64, padded with [PAD]
-    segment_ids: torch.Tensor  # (B, T) int64, 0 where padded
-    valid_lengths: torch.Tensor  # (B,) int64, the number of real tokens of each row
+    input_ids: "torch.Tensor"  # (B, T) int64, padded with [PAD]
+    segment_ids: "torch.Tensor"  # (B, T) int64, 0 where padded
+    valid_lengths: "torch.Tensor"  # (B,) int64, the number of real tokens of each row
     encodings: list[Encoding]
 
     @property
-    def attention_mask(self) -> torch.Tensor:
+    def attention_mask(self) -> "torch.Tensor":
         """(B, T) bool, True at real tokens."""
+        import torch
+
         t = torch.arange(self.input_ids.shape[1], device=self.valid_lengths.device)
         return t[None, :] < self.valid_lengths[:, None]
 
@@ -197,6 +198,8 @@ class BertTokenizer:
         return self.pad(self.encode_batch(texts, texts_b, max_len=max_len))
 
     def pad(self, encodings: list[Encoding]) -> EncodedBatch:
+        import torch  # here, not at the top: data pipelines use this module without ever loading torch
+
         lengths = np.array([len(e) for e in encodings], dtype=np.int64)
         width = int(lengths.max()) if len(lengths) else 0
         ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import bertkit
+from bertkit.checkpoint import to_hf_state_dict
 from bertkit.config import BertConfig
 from bertkit.model import BertForPreTraining
 
@@ -116,7 +117,7 @@ def test_ddp_two_processes_match_one_process_and_accumulation(shards, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the run really moved the weights (else equality proves nothing)
     torch.manual_seed(0)
-    start = bertkit.checkpoint.to_hf_state_dict(BertForPreTraining(BertConfig.from_preset("bert_2_128_2", vocab_size=30522, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)))
+    start = to_hf_state_dict(BertForPreTraining(BertConfig.from_preset("bert_2_128_2", vocab_size=30522, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)))
     p_one = final_params(one)
     assert max((p_one[k] - start[k]).abs().max().item() for k in start) > 1e-4
     assert_close_params(p_one, final_params(two))

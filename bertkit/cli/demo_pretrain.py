@@ -93,7 +93,8 @@ def step_pretrain(out_dir: Path, steps: int) -> Path:
     for name, s in scores.items():
         print(f"   {name:<40} {s['eval_mlm_accuracy']:>10.3f} {s['eval_nsp_accuracy']:>14.3f} {s['eval_mlm_perplexity']:>16.1f}")
 
-    print("\n   its top guesses for a masked word in held-out sentences:")
+    print("\n   its top guesses for a masked word in held-out sentences (minutes of CPU training teach word")
+    print("   frequencies first; guesses that follow the context take hours: see docs/results.md):")
     for (text, answer), guesses in zip(examples := masked_examples(corpus.heldout, tokenizer),
                                        fill_mask(trained, [t for t, _ in examples])):
         top = ", ".join(f"{tok} {p:.2f}" for tok, p in guesses[0])
