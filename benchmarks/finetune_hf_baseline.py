@@ -29,7 +29,7 @@ from bertkit.checkpoint import resolve
 from bertkit.tasks.metrics import compute_metrics
 from bertkit.tasks.readers import get_task, load_task_data
 from bertkit.train.finetune import bucket_batches, sorted_batches
-from bertkit.train.optim import linear_warmup_decay, param_groups
+from bertkit.train.optim import apply_gradients, linear_warmup_decay, param_groups, warmup_steps_for
 
 
 def encode(tok, examples, max_len):
@@ -95,7 +95,7 @@ def main():
 
     steps = math.ceil(len(train_ids) / args.batch_size) * args.epochs
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, eps=args.epsilon)
-    sched = linear_warmup_decay(opt, int(math.ceil(steps * args.warmup_ratio)), steps)
+    sched = linear_warmup_decay(opt, warmup_steps_for(steps, args.warmup_ratio), steps)
     epochs, best = [], None
     for epoch in range(1, args.epochs + 1):
         model.train()
@@ -112,10 +112,7 @@ def main():
             y = y_train[rows]
             loss = F.mse_loss(logits[:, 0], y.float()) if task.kind == "regression" else F.cross_entropy(logits, y)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            apply_gradients(model.parameters(), opt, sched, 1.0)
             total += loss.item() * len(rows)
             seen += len(rows)
         train_seconds = time.perf_counter() - t0

@@ -24,7 +24,7 @@ import bertkit
 from bertkit.config import BertConfig
 from bertkit.data.loader import PretrainingLoader
 from bertkit.model import BertForPreTraining
-from bertkit.train.optim import build_optimizer, linear_warmup_decay
+from bertkit.train.optim import apply_gradients, build_optimizer, linear_warmup_decay
 
 
 def hf_labels(batch: dict) -> torch.Tensor:
@@ -77,11 +77,7 @@ def main():
         out = model(input_ids=batch["input_ids"], token_type_ids=batch["segment_ids"], attention_mask=mask,
                     labels=hf_labels(batch), next_sentence_label=batch["next_sentence_labels"])
         out.loss.backward()
-        if args.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        apply_gradients(model.parameters(), optimizer, scheduler, args.max_grad_norm)
         step += 1
         tokens += int(batch["valid_lengths"].sum())
         if step % args.log_interval == 0:

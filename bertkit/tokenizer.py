@@ -23,7 +23,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from .errors import BertkitError
-from .textio import iter_lines
+from .textio import iter_lines, read_json
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
@@ -48,9 +48,14 @@ def load_vocab(path: str | Path) -> dict[str, int]:
         vocab.setdefault(token, i)
     if not vocab:
         raise BertkitError(f"{path}: vocabulary file is empty")
+    return require_special_tokens(vocab, path)
+
+
+def require_special_tokens(vocab: dict[str, int], source) -> dict[str, int]:
+    """`vocab` itself, if it has the tokens every BERT input needs; else a one-line error about `source`."""
     missing = [t for t in (UNK, CLS, SEP) if t not in vocab]
     if missing:
-        raise BertkitError(f"{path}: vocabulary lacks the special token(s) {', '.join(missing)}")
+        raise BertkitError(f"{source}: vocabulary lacks the special token(s) {', '.join(missing)}")
     return vocab
 
 
@@ -211,12 +216,8 @@ class BertTokenizer:
 
     # ---- decoding ---------------------------------------------------------------------------
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
-        ids = [int(i) for i in ids]
-        if skip_special_tokens:
-            # The backend does not know [CLS], [SEP], ... as special tokens, so drop them here.
-            special = {self.vocab[t] for t in SPECIAL_TOKENS if t in self.vocab}
-            ids = [i for i in ids if i not in special]
-        return self._backend.decode(ids, skip_special_tokens=False)
+        # The backend knows the special tokens of SPECIAL_TOKENS present in the vocab (see __init__).
+        return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     # ---- files ------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -246,20 +247,21 @@ class BertTokenizer:
     def from_dir(cls, directory: str | Path) -> "BertTokenizer":
         """Load from a checkpoint directory: `vocab.txt` plus casing from `tokenizer_config.json`."""
         directory = Path(directory)
-        lowercase, strip_accents = True, None  # BERT's defaults, as in transformers
-        cfg_path = directory / "tokenizer_config.json"
-        if cfg_path.is_file():
-            try:
-                cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise BertkitError(f"{cfg_path}: not valid JSON: {e}") from None
-            lowercase = bool(cfg.get("do_lower_case", True))
-            strip_accents = cfg.get("strip_accents")
+        lowercase, strip_accents = saved_casing(directory)
+        lowercase = True if lowercase is None else lowercase  # BERT's default, as in transformers
         vocab_txt, tokenizer_json = directory / "vocab.txt", directory / "tokenizer.json"
         if not vocab_txt.is_file() and tokenizer_json.is_file():
             # transformers 5 saves a tokenizer as tokenizer.json only: its WordPiece vocab is the same list.
             return cls(vocab_from_tokenizer_json(tokenizer_json), lowercase=lowercase, strip_accents=strip_accents)
         return cls(vocab_txt, lowercase=lowercase, strip_accents=strip_accents)
+
+
+def saved_casing(directory: str | Path) -> tuple[bool | None, bool | None]:
+    """(do_lower_case, strip_accents) from a directory's `tokenizer_config.json`; None where unsaid."""
+    path = Path(directory) / "tokenizer_config.json"
+    cfg = read_json(path) if path.is_file() else {}
+    lowercase = bool(cfg["do_lower_case"]) if "do_lower_case" in cfg else None
+    return lowercase, cfg.get("strip_accents")
 
 
 def has_vocab(directory: str | Path) -> bool:
@@ -276,10 +278,7 @@ def vocab_from_tokenizer_json(path: Path) -> dict[str, int]:
         raise BertkitError(f"{path}: cannot read the tokenizer: {e}") from None
     if not isinstance(vocab, dict) or not vocab:
         raise BertkitError(f"{path}: not a WordPiece tokenizer (BERT needs one)")
-    missing = [t for t in (UNK, CLS, SEP) if t not in vocab]
-    if missing:
-        raise BertkitError(f"{path}: vocabulary lacks the special token(s) {', '.join(missing)}")
-    return {str(t): int(i) for t, i in vocab.items()}
+    return require_special_tokens({str(t): int(i) for t, i in vocab.items()}, path)
 
 
 def _check_text(text, index: int) -> str:

@@ -44,23 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve_vocab(arg: str) -> tuple[Path, bool | None, bool | None]:
     """(vocab.txt path, lowercase, strip_accents) with the casing from tokenizer_config.json if present."""
-    import json
-
-    from ..errors import BertkitError
+    from ..tokenizer import saved_casing
 
     path = Path(arg)
     vocab = path / "vocab.txt" if path.is_dir() else path
-    config_path = vocab.parent / "tokenizer_config.json"
-    lowercase = strip_accents = None
-    if config_path.is_file():
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BertkitError(f"{config_path}: not valid JSON: {e}") from None
-        if "do_lower_case" in config:
-            lowercase = bool(config["do_lower_case"])
-        strip_accents = config.get("strip_accents")
-    return vocab, lowercase, strip_accents
+    return (vocab, *saved_casing(vocab.parent))
 
 
 def resolve_inputs(names: list[str], fmt: str):

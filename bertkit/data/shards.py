@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BertkitError
+from ..textio import read_json
 
 SHARD_PATTERN = "shard-*.npz"
 STATS_FILE = "stats.json"
@@ -87,9 +88,4 @@ def write_stats(directory: str | Path, stats: dict) -> None:
 def read_stats(directory: str | Path) -> dict | None:
     """`stats.json` of a shard directory, or None when there is none (shards from elsewhere)."""
     path = Path(directory) / STATS_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BertkitError(f"{path}: not valid JSON: {e}") from None
+    return read_json(path) if path.is_file() else None

@@ -31,7 +31,7 @@ from ..errors import BertkitError
 from ..tasks.metrics import compute_metrics
 from ..tasks.readers import Task, TaskData, get_task, load_task_data
 from ..tokenizer import TruncationWarning
-from .optim import build_optimizer, linear_warmup_decay
+from .optim import apply_gradients, build_optimizer, linear_warmup_decay, warmup_steps_for
 
 
 @dataclass
@@ -74,7 +74,7 @@ def build_task_model(model_name: str, task: Task, labels: list[str] | None, new_
     head keeps it when it is for the same task and labels; otherwise it is refused, unless
     `new_head` (then the head is re-initialised and only the encoder is kept).
     """
-    from ..checkpoint import _HEAD_OF_ARCHITECTURE, load_config, load_hf_state_dict, read_bertkit_info, read_weights, resolve
+    from ..checkpoint import load_config, load_hf_state_dict, read_bertkit_info, read_weights, resolve, saved_head, saved_labels
     from ..model import BertForSequenceClassification
     from ..tokenizer import BertTokenizer
 
@@ -85,16 +85,12 @@ def build_task_model(model_name: str, task: Task, labels: list[str] | None, new_
         raise BertkitError(f"{directory}: has no vocab.txt; fine-tuning needs the checkpoint's vocabulary")
     tokenizer = BertTokenizer.from_dir(directory)
     weights = read_weights(directory)
-    head = info.get("head") or _HEAD_OF_ARCHITECTURE.get((cfg.extra.get("architectures") or ["BertModel"])[0], "encoder")
-    if head == "classification" and cfg.extra.get("problem_type") == "regression":
-        head = "regression"
+    head = saved_head(cfg, info)
     has_head = head not in ("encoder", "pretraining") or any(k.startswith("classifier.") for k in weights)
     keep_head = False
     if has_head:
         ck_task = info.get("task")
-        ck_labels = info.get("labels")
-        if ck_labels is None and isinstance(cfg.extra.get("id2label"), dict) and head == "classification":
-            ck_labels = [cfg.extra["id2label"][str(i)] for i in range(len(cfg.extra["id2label"]))]
+        ck_labels = info.get("labels") if head != "classification" else saved_labels(cfg, info)
         agree = head == task.head and ck_task in (None, task.name) and (task.kind == "regression" or ck_labels == labels)
         if agree:
             keep_head = True
@@ -232,7 +228,7 @@ def finetune(task: str | Task, data_dir, model: str, out, config: FinetuneConfig
     batches_per_epoch = math.ceil(len(train) / config.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / config.accumulate)
     total_steps = steps_per_epoch * config.epochs
-    warmup = int(math.ceil(total_steps * config.warmup_ratio))
+    warmup = warmup_steps_for(total_steps, config.warmup_ratio)
     optimizer = build_optimizer(net, config.optimizer, config.lr, config.weight_decay, config.epsilon)
     scheduler = linear_warmup_decay(optimizer, warmup, total_steps)
     main_split = next(iter(devs))
@@ -291,11 +287,7 @@ def finetune(task: str | Task, data_dir, model: str, out, config: FinetuneConfig
                 log_loss += loss.item() * len(rows)
                 log_n += len(rows)
                 if (i + 1) % config.accumulate == 0 or i + 1 == len(batches):
-                    if config.max_grad_norm > 0:
-                        torch.nn.utils.clip_grad_norm_(net.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    apply_gradients(net.parameters(), optimizer, scheduler, config.max_grad_norm)
                     step += 1
                     if step % config.log_every == 0:
                         now = time.perf_counter()

@@ -23,16 +23,17 @@ from torch.optim.lr_scheduler import LambdaLR
 from ..errors import BertkitError
 
 
-class BertAdam(Optimizer):
-    """Adam with decoupled weight decay and no bias correction (Google BERT's optimization.py).
-
-    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  w -= lr * (m / (sqrt(v) + eps) + wd * w)
-    """
+class _AdamMoments(Optimizer):
+    """The loop BERT-Adam and LAMB share: Adam's first and second moments per parameter, then a
+    subclass's `direction` (weight decay included), applied as w -= lr * direction."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0):
         if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError("BertAdam: lr, eps, weight_decay must be >= 0 and betas in [0, 1)")
+            raise ValueError(f"{type(self).__name__}: lr, eps, weight_decay must be >= 0 and betas in [0, 1)")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    def direction(self, p, m, v, t: int, group: dict) -> torch.Tensor:
+        raise NotImplementedError
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -46,56 +47,44 @@ class BertAdam(Optimizer):
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
-                    raise RuntimeError("BertAdam does not support sparse gradients")
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(b1).add_(p.grad, alpha=1 - b1)
-                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                update = m / (v.sqrt() + group["eps"])
-                if group["weight_decay"]:
-                    update.add_(p, alpha=group["weight_decay"])
-                p.add_(update, alpha=-group["lr"])
-        return loss
-
-
-class Lamb(Optimizer):
-    """LAMB: per-tensor trust ratio ||w|| / ||adam_update + wd * w|| on a bias-corrected Adam step."""
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0):
-        if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError("Lamb: lr, eps, weight_decay must be >= 0 and betas in [0, 1)")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
                 state["step"] += 1
-                t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+                m, v = state["exp_avg"], state["exp_avg_sq"]
                 m.mul_(b1).add_(p.grad, alpha=1 - b1)
                 v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                update = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + group["eps"])
-                if group["weight_decay"]:
-                    update.add_(p, alpha=group["weight_decay"])
-                w_norm, u_norm = p.norm(), update.norm()
-                trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-                p.add_(update * trust, alpha=-group["lr"])
+                p.add_(self.direction(p, m, v, state["step"], group), alpha=-group["lr"])
         return loss
+
+
+class BertAdam(_AdamMoments):
+    """Adam with decoupled weight decay and no bias correction (Google BERT's optimization.py).
+
+    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  w -= lr * (m / (sqrt(v) + eps) + wd * w)
+    """
+
+    def direction(self, p, m, v, t, group):
+        update = m / (v.sqrt() + group["eps"])
+        if group["weight_decay"]:
+            update.add_(p, alpha=group["weight_decay"])
+        return update
+
+
+class Lamb(_AdamMoments):
+    """LAMB: per-tensor trust ratio ||w|| / ||adam_update + wd * w|| on a bias-corrected Adam step."""
+
+    def direction(self, p, m, v, t, group):
+        b1, b2 = group["betas"]
+        update = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + group["eps"])
+        if group["weight_decay"]:
+            update.add_(p, alpha=group["weight_decay"])
+        w_norm, u_norm = p.norm(), update.norm()
+        trust = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+        return update * trust
 
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "bertadam": BertAdam, "lamb": Lamb}
@@ -150,6 +139,16 @@ def linear_warmup_decay(optimizer: Optimizer, warmup_steps: int, total_steps: in
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return LambdaLR(optimizer, factor, last_epoch=last_epoch)
+
+
+def apply_gradients(params, optimizer: Optimizer, scheduler, max_grad_norm: float) -> None:
+    """One optimizer step as every training loop here takes it: clip (if > 0), step, advance the
+    schedule, clear the gradients."""
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def warmup_steps_for(total_steps: int, warmup_ratio: float) -> int:
