@@ -9,14 +9,12 @@ A transformers checkpoint is read by bertkit's loader (the two agree to 1e-4; se
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 
 import torch
 
 import bertkit
 from bertkit.data.loader import PretrainingLoader
-from bertkit.train.distributed import DistributedContext
 from bertkit.train.pretrain import evaluate
 
 
@@ -30,7 +28,7 @@ def main():
     for path in args.models:
         model = bertkit.load(path, head="pretraining")
         with torch.inference_mode():
-            scores = evaluate(model, data, DistributedContext(), None, contextlib.nullcontext())
+            scores = evaluate(model, data)
         print(json.dumps({"model": path, **{k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}}))
 
 

@@ -35,8 +35,11 @@ def masked_examples(heldout: Path, tokenizer, count: int = 3) -> list[tuple[str,
 
 
 def step_pretrain(out_dir: Path, steps: int) -> Path:
+    import shutil
+
     import torch
 
+    from ..checkpoint import load, read_bertkit_info
     from ..config import BertConfig
     from ..data.loader import PretrainingLoader
     from ..data.pretraining import CorpusFile, PretrainingConfig, create_pretraining_data
@@ -44,7 +47,6 @@ def step_pretrain(out_dir: Path, steps: int) -> Path:
     from ..masked_lm import fill_mask
     from ..model import BertForPreTraining
     from ..tokenizer import BertTokenizer, train_vocab
-    from ..train.distributed import DistributedContext
     from ..train.pretrain import PretrainOptions, evaluate, pretrain
 
     print(f"\n== 5. Pretraining a BERT from scratch ({SHAPE}) on wiki-sample, real Wikipedia articles")
@@ -72,23 +74,15 @@ def step_pretrain(out_dir: Path, steps: int) -> Path:
         ckpt_interval=max(1, steps // 2), log_interval=10, plot=True, progress=True,
     )
     if run_dir.exists():
-        import shutil
-
         shutil.rmtree(run_dir)  # the demo always starts fresh
     final = pretrain(opts)
 
-    from ..checkpoint import load
-
-    trained = load(final)
-    heldout = PretrainingLoader(shards["heldout"], 32, shuffle=False)
     torch.manual_seed(1)
     untrained = BertForPreTraining(BertConfig.from_preset(SHAPE, vocab_size=tokenizer.vocab_size))
-    untrained.tokenizer = tokenizer
-    ctx = DistributedContext()
-    import contextlib
-
-    scores = {name: evaluate(m, heldout, ctx, None, contextlib.nullcontext()) for name, m in
-              (("random init", untrained), ("pretrained", trained))}
+    scores = {
+        "random init": evaluate(untrained, PretrainingLoader(shards["heldout"], 32, shuffle=False)),
+        "pretrained": read_bertkit_info(final)["eval"],  # the run evaluated its final model on the same shards
+    }
     print(f"\n   held-out articles ({scores['pretrained']['eval_instances']} instances)   MLM accuracy   NSP accuracy   MLM perplexity")
     for name, s in scores.items():
         print(f"   {name:<40} {s['eval_mlm_accuracy']:>10.3f} {s['eval_nsp_accuracy']:>14.3f} {s['eval_mlm_perplexity']:>16.1f}")
@@ -96,7 +90,7 @@ def step_pretrain(out_dir: Path, steps: int) -> Path:
     print("\n   its top guesses for a masked word in held-out sentences (minutes of CPU training teach word")
     print("   frequencies first; guesses that follow the context take hours: see docs/results.md):")
     for (text, answer), guesses in zip(examples := masked_examples(corpus.heldout, tokenizer),
-                                       fill_mask(trained, [t for t, _ in examples])):
+                                       fill_mask(load(final), [t for t, _ in examples])):
         top = ", ".join(f"{tok} {p:.2f}" for tok, p in guesses[0])
         print(f"   {text}\n      answer: {answer:<12} guesses: {top}")
     print(f"\n   checkpoint: {final} (loads in transformers' BertForPreTraining too)")

@@ -34,7 +34,7 @@ from ..tokenizer import BertTokenizer
 from . import distributed
 from .checkpoints import find_resumable, list_checkpoints, rng_state, set_rng_state, write_checkpoint
 from .metrics_log import MetricsLog, plot_metrics
-from .optim import build_optimizer, linear_warmup_decay
+from .optim import apply_gradients, build_optimizer, linear_warmup_decay
 
 @dataclass
 class PretrainOptions:
@@ -123,8 +123,12 @@ def micro_batches(global_batch: dict, ctx: distributed.DistributedContext, accum
 
 
 @torch.no_grad()
-def evaluate(model, data: PretrainingLoader, ctx, max_batches: int | None, autocast) -> dict:
-    """MLM accuracy / loss / perplexity and NSP accuracy over held-out shards, shared across ranks."""
+def evaluate(model, data: PretrainingLoader, ctx: distributed.DistributedContext | None = None,
+             max_batches: int | None = None, autocast=None) -> dict:
+    """MLM accuracy / loss / perplexity and NSP accuracy over held-out shards, shared across ranks
+    (one process on the CPU, in fp32, unless told otherwise)."""
+    ctx = ctx or distributed.DistributedContext()
+    autocast = autocast or contextlib.nullcontext()
     was_training = model.training
     model.eval()
     totals = torch.zeros(5, dtype=torch.float64)  # mlm_sum, nsp_sum, mlm_correct, nsp_correct, masked
@@ -132,15 +136,15 @@ def evaluate(model, data: PretrainingLoader, ctx, max_batches: int | None, autoc
     for i, batch in enumerate(data.iter_epoch(0)):
         if max_batches is not None and i >= max_batches:
             break
-        (part,) = micro_batches(batch, ctx, 1) if batch["input_ids"].shape[0] >= ctx.world_size else (None,)
-        if part is None:
+        if batch["input_ids"].shape[0] < ctx.world_size:  # a last batch too small to share
             continue
+        (part,) = micro_batches(batch, ctx, 1)
         s = mlm_nsp_sums(model, part, autocast)
         totals += torch.stack([s["mlm_sum"], s["nsp_sum"], s["mlm_correct"], s["nsp_correct"],
                                part["masked_lm_weights"].sum()]).double().cpu()
         rows += part["input_ids"].shape[0]
     totals = torch.cat([totals, torch.tensor([float(rows)], dtype=torch.float64)])
-    totals = ctx.all_reduce_sum(totals.to(ctx.device)).cpu() if ctx.enabled else totals
+    totals = ctx.all_reduce_sum(totals.to(ctx.device)).cpu()
     mlm_sum, nsp_sum, mlm_correct, nsp_correct, masked, rows = totals.tolist()
     model.train(was_training)
     if masked == 0 or rows == 0:
@@ -293,17 +297,12 @@ def _pretrain(opts: PretrainOptions, ctx: distributed.DistributedContext) -> Pat
                 loss.backward()
             sums += torch.stack([s["mlm_sum"].detach(), s["nsp_sum"].detach(), s["mlm_correct"], s["nsp_correct"]]).double().cpu()
             window_tokens += int(part["valid_lengths"].sum()) * ctx.world_size
-        if ctx.enabled:
-            sums = ctx.all_reduce_sum(sums.to(ctx.device)).cpu()
+        sums = ctx.all_reduce_sum(sums.to(ctx.device)).cpu()
         mlm_loss, nsp_loss = sums[0].item() / global_masked, sums[1].item() / global_rows
         if not math.isfinite(mlm_loss + nsp_loss):
             raise BertkitError(f"loss became {mlm_loss + nsp_loss} at step {step + 1}: training diverged; "
                                + last_good() + " (try a lower --lr or a longer warmup)")
-        if opts.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), opts.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        apply_gradients(model.parameters(), optimizer, scheduler, opts.max_grad_norm)
         step += 1
         bar.update(1)
         if deadline is not None and step < stop_at:
