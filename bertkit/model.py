@@ -9,7 +9,11 @@ Two implementation choices make it faster than a straight transcription, without
   (see `padding.py`); only attention sees the padded (B, T) layout.
 - Q, K and V are one (H, 3H) matrix multiply. Checkpoints still store `query`/`key`/`value`
   separately in Hugging Face names; `checkpoint.py` splits and joins them.
-The MLM head is evaluated only at the masked positions it is given, not at every token.
+The MLM head is evaluated only at the masked positions it is given, not at every token, and so is
+the last layer's work after attention: pretraining reads the final hidden states only at the masked
+positions and at [CLS], so the last block's attention output projection and feed-forward run on
+those rows alone (its keys and values still come from every token). NVIDIA's and MosaicBERT's BERT
+pretraining do the same.
 
 Inputs: `input_ids` (B, T), optional `segment_ids` (B, T), and either `valid_lengths` (B,) (the
 number of real tokens per row, GluonNLP style) or an `attention_mask` (B, T) (1 = real token).
@@ -23,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import BertConfig
-from .padding import real_token_indices, repad, unpad
+from .padding import packed_rows, real_token_indices, repad, unpad
 
 
 def activation(name: str):
@@ -77,7 +81,9 @@ class BertLayer(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
         self.attn_dropout = cfg.attention_probs_dropout_prob
 
-    def attention(self, x, indices, batch, seqlen, key_mask):
+    def attention(self, x, indices, batch, seqlen, key_mask, out_rows=None):
+        """Self-attention over the packed tokens; returns the rows `out_rows` (flat indices into
+        B*T) of its output, by default every real token's."""
         qkv = self.qkv(x)  # (N, 3H)
         if indices is not None:
             qkv = repad(qkv, indices, batch, seqlen)  # (B, T, 3H), zeros at padding
@@ -86,10 +92,20 @@ class BertLayer(nn.Module):
             q, k, v, attn_mask=key_mask, dropout_p=self.attn_dropout if self.training else 0.0
         )  # (B, heads, T, head_dim)
         out = out.transpose(1, 2).reshape(batch * seqlen, -1)
-        return out if indices is None else out.index_select(0, indices)
+        if out_rows is None:
+            out_rows = indices
+        return out if out_rows is None else out.index_select(0, out_rows)
 
-    def forward(self, x, indices, batch, seqlen, key_mask):
-        x = self.attn_norm(x + self.dropout(self.attn_out(self.attention(x, indices, batch, seqlen, key_mask))))
+    def forward(self, x, indices, batch, seqlen, key_mask, keep=None):
+        """`keep`: optional (packed rows, flat rows) of the only tokens whose outputs are wanted; the
+        block then returns just those rows, skipping the projection and feed-forward of the rest."""
+        if keep is None:
+            a = self.attention(x, indices, batch, seqlen, key_mask)
+        else:
+            packed_rows, flat_rows = keep
+            a = self.attention(x, indices, batch, seqlen, key_mask, out_rows=flat_rows)
+            x = x.index_select(0, packed_rows)
+        x = self.attn_norm(x + self.dropout(self.attn_out(a)))
         return self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
 
 
@@ -105,10 +121,13 @@ class BertModel(nn.Module):
         self.tokenizer = None  # attached by `bertkit.load`
         self.apply(lambda m: init_weights(m, cfg))
 
-    def encode_packed(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None):
+    def encode_packed(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None, rows=None):
         """Run the encoder; returns (packed hidden states (N, H), real-token indices or None).
 
-        `indices` is None when the batch has no padding (then N = B*T and nothing is gathered)."""
+        `indices` is None when the batch has no padding (then N = B*T and nothing is gathered).
+        With `rows` (flat indices into B*T, each a real token), the hidden states come back for
+        those positions only, (len(rows), H) in that order, and the last layer does the per-token
+        work after attention for them alone."""
         batch, seqlen = input_ids.shape
         if seqlen > self.config.max_position_embeddings:
             raise ValueError(
@@ -125,12 +144,17 @@ class BertModel(nn.Module):
             indices = real_token_indices(mask)
             key_mask = mask[:, None, None, :]  # (B, 1, 1, T): every query may attend to every real key
             x = self.embeddings(unpad(input_ids, indices), unpad(segment_ids, indices), unpad(positions, indices))
-        for layer in self.layers:
-            x = layer(x, indices, batch, seqlen, key_mask)
+        keep = None if rows is None else (packed_rows(rows, indices, batch * seqlen), rows)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, indices, batch, seqlen, key_mask, keep if i == len(self.layers) - 1 else None)
         return x, indices
 
     def pool(self, sequence_output: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.pooler(sequence_output[:, 0]))
+        return self.pool_cls(sequence_output[:, 0])
+
+    def pool_cls(self, cls_hidden: torch.Tensor) -> torch.Tensor:
+        """The pooler on the final [CLS] hidden states, (B, H) -> (B, H)."""
+        return torch.tanh(self.pooler(cls_hidden))
 
     def forward(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None):
         input_ids, segment_ids, valid_lengths = _unpack_batch(input_ids, segment_ids, valid_lengths)
@@ -144,7 +168,8 @@ class BertForPreTraining(nn.Module):
     """Encoder + masked-LM head (decoder tied to the word embeddings) + next-sentence head.
 
     `forward(..., masked_positions=(B, P))` returns (mlm_logits (B, P, V), nsp_logits (B, 2)); the
-    MLM head runs only at those positions. Without `masked_positions` it runs at every position.
+    MLM head (and the last layer's per-token work) runs only at those positions, which must be real
+    tokens. Without `masked_positions` it runs at every position.
     NSP logit 0 means "B follows A", logit 1 "B is random" (Google's convention).
     """
 
@@ -172,12 +197,22 @@ class BertForPreTraining(nn.Module):
         the MLM logits come back flat, (M, V) for those M positions in row-major order: padding
         slots of a shard's fixed-width prediction arrays cost nothing."""
         input_ids, segment_ids, valid_lengths = _unpack_batch(input_ids, segment_ids, valid_lengths)
-        seq, pooled = self.bert(input_ids, segment_ids, valid_lengths, attention_mask)
-        if masked_positions is not None:
-            seq = seq.gather(1, masked_positions.long()[:, :, None].expand(-1, -1, seq.shape[-1]))
-            if masked_weights is not None:
-                seq = seq[masked_weights > 0]
-        return self.mlm_logits(seq), self.nsp(pooled)
+        if masked_positions is None:
+            seq, pooled = self.bert(input_ids, segment_ids, valid_lengths, attention_mask)
+            return self.mlm_logits(seq), self.nsp(pooled)
+        batch, seqlen = input_ids.shape
+        positions = masked_positions.long().to(input_ids.device)
+        flat = positions + torch.arange(batch, device=input_ids.device)[:, None] * seqlen  # (B, P) into B*T
+        flat = flat[masked_weights > 0] if masked_weights is not None else flat.reshape(-1)
+        cls_rows = torch.arange(batch, device=input_ids.device) * seqlen
+        # Only [CLS] (for NSP) and the masked positions (for MLM) are read from the last layer.
+        hidden, _ = self.bert.encode_packed(
+            input_ids, segment_ids, valid_lengths, attention_mask, rows=torch.cat([cls_rows, flat])
+        )
+        mlm = self.mlm_logits(hidden[batch:])
+        if masked_weights is None:
+            mlm = mlm.view(batch, positions.shape[1], -1)
+        return mlm, self.nsp(self.bert.pool_cls(hidden[:batch]))
 
 
 class BertForSequenceClassification(nn.Module):

@@ -27,3 +27,17 @@ def repad(x: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> to
     out = x.new_zeros(batch * seqlen, *x.shape[1:])
     out = out.index_copy(0, indices, x)
     return out.view(batch, seqlen, *x.shape[1:])
+
+
+def packed_rows(flat_rows: torch.Tensor, indices: torch.Tensor | None, total: int) -> torch.Tensor:
+    """Rows of the packed (N, ...) layout for flat positions into B*T (`total` = B*T).
+
+    `indices` None means nothing was unpadded (N = B*T). Every position must be a real token."""
+    if indices is None:
+        return flat_rows
+    row_of = torch.full((total,), -1, dtype=torch.long, device=indices.device)
+    row_of[indices] = torch.arange(indices.numel(), device=indices.device)
+    rows = row_of[flat_rows]
+    if bool((rows < 0).any()):
+        raise ValueError("a requested position is a padding token, not a real one")
+    return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import max_abs_diff_real, randomize_
 
 import bertkit
@@ -144,6 +145,39 @@ def test_mlm_head_at_masked_positions_only(bertkit_pretraining_dir, parity_batch
     assert at.shape == (len(batch), 5, model.config.vocab_size)
     torch.testing.assert_close(at, gather_positions(full, positions), rtol=0, atol=1e-5)
     torch.testing.assert_close(nsp_at, nsp_full, rtol=0, atol=0)
+
+
+def test_last_layer_on_masked_rows_gives_the_same_loss_and_gradients(minilm, parity_batches):
+    """Pretraining runs the last block's per-token work only at [CLS] and the masked positions: the
+    loss and every parameter's gradient equal those of the full encoder read at those positions."""
+    cfg = bertkit.BertConfig.from_preset(
+        "bert_4_256_4", vocab_size=minilm.tokenizer.vocab_size, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+    model = randomize_(bertkit.BertForPreTraining(cfg), seed=2).train()  # no dropout: train mode = autograd on
+    batch = parity_batches[1]
+    positions = random_positions(batch, 6, seed=3)
+    weights = torch.ones(positions.shape)
+    weights[1::2, 4:] = 0  # odd rows have 4 predictions, as a shard pads its prediction slots
+    targets = torch.randint(0, model.config.vocab_size, positions.shape, generator=torch.Generator().manual_seed(1))
+    nsp_labels = torch.arange(len(batch)) % 2
+
+    def loss_and_grads(subset: bool):
+        model.zero_grad(set_to_none=True)
+        if subset:
+            mlm, nsp = model(batch, masked_positions=positions, masked_weights=weights)
+        else:
+            full, nsp = model(batch)
+            mlm = gather_positions(full, positions)[weights > 0]
+        loss = F.cross_entropy(mlm, targets[weights > 0]) + F.cross_entropy(nsp, nsp_labels)
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fast_loss, fast = loss_and_grads(True)
+    full_loss, full = loss_and_grads(False)
+    assert abs(fast_loss - full_loss) < 1e-5
+    worst = max(float((fast[n] - full[n]).abs().max()) for n in full)
+    assert worst < 1e-5, worst
+    assert max(float(g.abs().max()) for g in full.values()) > 1e-3  # the gradients are not all ~0
 
 
 # ---- transformers -> bertkit ------------------------------------------------------------------

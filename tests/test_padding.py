@@ -7,7 +7,7 @@ import torch
 from conftest import max_abs_diff_real, randomize_
 
 import bertkit
-from bertkit.padding import real_token_indices, repad, unpad
+from bertkit.padding import packed_rows, real_token_indices, repad, unpad
 
 
 def lengths_mask(lengths, width):
@@ -20,6 +20,15 @@ def test_real_token_indices_are_row_major_flat_positions():
     mask = lengths_mask([2, 0, 3], 4)
     assert real_token_indices(mask).tolist() == [0, 1, 8, 9, 10]
     assert real_token_indices(torch.ones(2, 3, dtype=torch.bool)).tolist() == list(range(6))
+
+
+def test_packed_rows_maps_flat_positions_to_rows_of_the_packed_layout():
+    mask = lengths_mask([2, 0, 3], 4)  # real flat positions 0, 1, 8, 9, 10 -> packed rows 0..4
+    idx = real_token_indices(mask)
+    assert packed_rows(torch.tensor([8, 0, 10, 1]), idx, 12).tolist() == [2, 0, 4, 1]
+    assert packed_rows(torch.tensor([5, 2]), None, 12).tolist() == [5, 2]  # nothing unpadded
+    with pytest.raises(ValueError, match="padding"):
+        packed_rows(torch.tensor([0, 2]), idx, 12)  # position 2 of row 0 is padding
 
 
 @pytest.mark.parametrize("trailing", [(), (5,), (2, 3)])
