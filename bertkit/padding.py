@@ -24,8 +24,8 @@ def unpad(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 
 def repad(x: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> torch.Tensor:
     """(N, ...) -> (B, T, ...): scatter packed rows back, zeros at padding. Differentiable."""
-    out = x.new_zeros(batch * seqlen, *x.shape[1:])
-    out = out.index_copy(0, indices, x)
+    # In place into a fresh buffer: the out-of-place index_copy would copy the zeros once more.
+    out = x.new_zeros(batch * seqlen, *x.shape[1:]).index_copy_(0, indices, x)
     return out.view(batch, seqlen, *x.shape[1:])
 
 
