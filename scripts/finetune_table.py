@@ -7,6 +7,7 @@ over seeds, and the training seconds per epoch (median over all epochs of all se
 """
 
 import json
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -19,9 +20,10 @@ METRICS = {"sst-2": ["accuracy"], "mrpc": ["f1", "accuracy"], "sts-b": ["pearson
 def main(root="runs/glue"):
     groups = defaultdict(list)
     for f in sorted(Path(root).glob("*/eval_results.json")):
-        impl, rest = f.parent.name.split("-", 1)
-        task, seed = rest.rsplit("-s", 1)
-        groups[(task, impl)].append((int(seed), json.loads(f.read_text())))
+        name = re.fullmatch(r"(bertkit|hf)-(.+)-s(\d+)", f.parent.name)  # other directories are side runs
+        if name:
+            impl, task, seed = name.groups()
+            groups[(task, impl)].append((int(seed), json.loads(f.read_text())))
     print("| task | impl | seeds | metric: per seed -> median | best epochs | train s/epoch (median) | wall s per run | threads |")
     print("|---|---|---|---|---|---|---|---|")
     for (task, impl), runs in sorted(groups.items()):
