@@ -24,7 +24,7 @@ import bertkit
 from bertkit.config import BertConfig
 from bertkit.data.loader import PretrainingLoader
 from bertkit.model import BertForPreTraining
-from bertkit.train.optim import apply_gradients, build_optimizer, linear_warmup_decay
+from bertkit.train.optim import apply_gradients, build_optimizer, linear_warmup_decay, warmup_steps_for
 
 
 def hf_labels(batch: dict) -> torch.Tensor:
@@ -61,7 +61,7 @@ def main():
     bertkit.save(init, args.out / "init", data.tokenizer())
     model = HFBertForPreTraining.from_pretrained(args.out / "init", attn_implementation="sdpa").train()
     optimizer = build_optimizer(model, "adamw", lr=args.lr, weight_decay=args.weight_decay, epsilon=args.epsilon)
-    scheduler = linear_warmup_decay(optimizer, int(args.warmup_ratio * args.steps), args.steps)
+    scheduler = linear_warmup_decay(optimizer, warmup_steps_for(args.steps, args.warmup_ratio), args.steps)
 
     log = open(args.out / "metrics.jsonl", "w")
     start = window = time.perf_counter()

@@ -20,7 +20,7 @@ from bertkit.errors import BertkitError
 from bertkit.model import BertModel
 from bertkit.tokenizer import BertTokenizer
 from bertkit.train.finetune import FinetuneConfig, bucket_batches, finetune
-from bertkit.train.optim import BertAdam, Lamb, build_optimizer, linear_warmup_decay
+from bertkit.train.optim import BertAdam, Lamb, build_optimizer, linear_warmup_decay, warmup_steps_for
 
 POSITIVE = ["good", "great", "fine", "nice", "superb"]
 NEGATIVE = ["bad", "awful", "poor", "sad", "dreadful"]
@@ -77,6 +77,13 @@ def test_linear_warmup_decay():
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.0, 0.5, 1.0, 0.75, 0.5, 0.25])
+
+
+def test_warmup_steps_round_up_but_not_on_floating_point_noise():
+    assert warmup_steps_for(30, 0.1) == 3  # 30 * 0.1 is 3.0000000000000004
+    assert warmup_steps_for(2000, 0.05) == 100
+    assert warmup_steps_for(115, 0.1) == 12  # 11.5 -> 12
+    assert warmup_steps_for(7, 0.0) == 0
 
 
 def test_bucket_batches_cover_everything_once_with_similar_lengths():

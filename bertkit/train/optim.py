@@ -152,4 +152,5 @@ def apply_gradients(params, optimizer: Optimizer, scheduler, max_grad_norm: floa
 
 
 def warmup_steps_for(total_steps: int, warmup_ratio: float) -> int:
-    return int(math.ceil(total_steps * warmup_ratio))
+    # ceil, less a hair: 0.1 * 30 is 3.0000000000000004 in floating point and must give 3, not 4.
+    return int(math.ceil(total_steps * warmup_ratio - 1e-9))

@@ -34,7 +34,7 @@ from ..tokenizer import BertTokenizer
 from . import distributed
 from .checkpoints import find_resumable, list_checkpoints, rng_state, set_rng_state, write_checkpoint
 from .metrics_log import MetricsLog, plot_metrics
-from .optim import apply_gradients, build_optimizer, linear_warmup_decay
+from .optim import apply_gradients, build_optimizer, linear_warmup_decay, warmup_steps_for
 
 @dataclass
 class PretrainOptions:
@@ -234,7 +234,7 @@ def _pretrain(opts: PretrainOptions, ctx: distributed.DistributedContext) -> Pat
     model, tokenizer = build_model(opts, data)
     model.to(ctx.device).train()
     optimizer = build_optimizer(model, opts.optimizer, lr=opts.lr, weight_decay=opts.weight_decay, epsilon=opts.epsilon)
-    scheduler = linear_warmup_decay(optimizer, int(opts.warmup_ratio * opts.steps), opts.steps)
+    scheduler = linear_warmup_decay(optimizer, warmup_steps_for(opts.steps, opts.warmup_ratio), opts.steps)
     step, epoch, batch_in_epoch = 0, 0, 0
     if resumable is not None:
         weights = load_checkpoint(resumable.path, head="pretraining")
