@@ -102,9 +102,9 @@ class BertLayer(nn.Module):
         if keep is None:
             a = self.attention(x, indices, batch, seqlen, key_mask)
         else:
-            packed_rows, flat_rows = keep
-            a = self.attention(x, indices, batch, seqlen, key_mask, out_rows=flat_rows)
-            x = x.index_select(0, packed_rows)
+            keep_packed, keep_flat = keep
+            a = self.attention(x, indices, batch, seqlen, key_mask, out_rows=keep_flat)
+            x = x.index_select(0, keep_packed)
         x = self.attn_norm(x + self.dropout(self.attn_out(a)))
         return self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
 
