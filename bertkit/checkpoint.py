@@ -309,6 +309,7 @@ def load(name_or_path: str | Path, head: str = "auto", num_labels: int | None = 
     missing, unexpected = load_hf_state_dict(model, read_weights(directory), source=str(directory))
     model.eval()
     model.labels = labels
+    model.info = info  # bertkit.json as saved: task settings a head's predict/answer may need
     model.load_report = {"missing": missing, "unexpected": unexpected, "directory": str(directory)}
     _encoder(model).tokenizer = tokenizer
     model.tokenizer = tokenizer
