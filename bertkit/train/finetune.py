@@ -202,10 +202,6 @@ def finetune(task: str | Task, data_dir, model: str, out, config: FinetuneConfig
              new_head: bool = False, regression: bool = False, task_options: dict | None = None,
              quiet: bool = False) -> dict:
     """Fine-tune `model` on `task`; writes the best epoch's checkpoint to `out`; returns eval results."""
-    from tqdm import tqdm
-
-    from ..checkpoint import save
-
     config = config or FinetuneConfig()
     config.check()
     wall_start = time.perf_counter()
@@ -225,6 +221,33 @@ def finetune(task: str | Task, data_dir, model: str, out, config: FinetuneConfig
     if truncated:
         _log(f"bertkit: note: {truncated} input(s) longer than --max-len {config.max_len} tokens were truncated", quiet)
 
+    def loss_of(net, batch):
+        ids, segs, lens, y = batch
+        logits = net(ids, segs, lens)
+        return F.mse_loss(logits[:, 0], y) if task.kind == "regression" else F.cross_entropy(logits, y)
+
+    describe = (f"finetune {task.name}: {len(train)} training / " + ", ".join(f"{len(d)} {n}" for n, d in devs.items())
+                + f" examples, {task.kind}" + (f" over labels {data.labels}" if data.labels else ""))
+    best_epoch, best_results, epochs_log = train_epochs(
+        net, train, devs, config, out, loss_of, lambda net, d: evaluate(net, d, task, config.eval_batch_size),
+        task.main_metric, describe, rng, quiet)
+    info = {"head": task.head, "task": task.name, "labels": data.labels, "max_len": config.max_len,
+            "best_epoch": best_epoch, "dev": best_results, "hyperparameters": dataclasses.asdict(config), "base_model": str(model)}
+    return write_run(net, tokenizer, out, info, task.name, model, task.main_metric, best_epoch, best_results, epochs_log,
+                     len(train), {n: len(d) for n, d in devs.items()}, config, wall_start, quiet)
+
+
+def train_epochs(net, train, devs: dict, config: FinetuneConfig, out, loss_of, evaluate_on, main_metric: str,
+                 describe: str, rng: np.random.Generator, quiet: bool = False):
+    """The fine-tuning loop shared by every task: epochs of length-bucketed batches, an optimizer
+    step every `config.accumulate` batches, `out/metrics.jsonl` rows, the dev splits scored after
+    each epoch. `train` has `lengths`, `len()` and `batch(rows)`; `loss_of(net, batch)` is the
+    mean loss of a batch; `evaluate_on(net, split)` returns a dict of metrics (values are numbers,
+    or dicts of numbers). `net` ends holding the best epoch's weights (by `main_metric` on the
+    first dev split), in eval mode. Returns (best epoch, its metrics per split, every epoch's row).
+    """
+    from tqdm import tqdm
+
     batches_per_epoch = math.ceil(len(train) / config.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / config.accumulate)
     total_steps = steps_per_epoch * config.epochs
@@ -232,13 +255,7 @@ def finetune(task: str | Task, data_dir, model: str, out, config: FinetuneConfig
     optimizer = build_optimizer(net, config.optimizer, config.lr, config.weight_decay, config.epsilon)
     scheduler = linear_warmup_decay(optimizer, warmup, total_steps)
     main_split = next(iter(devs))
-    _log(
-        f"finetune {task.name}: {len(train)} training / "
-        + ", ".join(f"{len(d)} {n}" for n, d in devs.items())
-        + f" examples, {task.kind}" + (f" over labels {data.labels}" if data.labels else "")
-        + f"; {config.epochs} epoch(s) x {steps_per_epoch} steps of {config.batch_size * config.accumulate} examples",
-        quiet,
-    )
+    _log(f"{describe}; {config.epochs} epoch(s) x {steps_per_epoch} steps of {config.batch_size * config.accumulate} examples", quiet)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,10 +267,10 @@ def finetune(task: str | Task, data_dir, model: str, out, config: FinetuneConfig
 
     def score(epoch, step, extra):
         t0 = time.perf_counter()
-        results = {name: evaluate(net, d, task, config.eval_batch_size) for name, d in devs.items()}
+        results = {name: evaluate_on(net, d) for name, d in devs.items()}
         row = {"epoch": epoch, "step": step, **extra, "eval_seconds": round(time.perf_counter() - t0, 2)}
         for name, m in results.items():
-            row.update({f"{name}_{k}": round(v, 6) for k, v in m.items()})
+            row.update(_flat(name, m))
         write(row)
         return results, row
 
@@ -273,12 +290,7 @@ def finetune(task: str | Task, data_dir, model: str, out, config: FinetuneConfig
             t0 = time.perf_counter()
             epoch_loss, n_seen, log_loss, log_n, log_t = 0.0, 0, 0.0, 0, t0
             for i, rows in enumerate(batches):
-                ids, segs, lens, y = train.batch(rows)
-                logits = net(ids, segs, lens)
-                if task.kind == "regression":
-                    loss = F.mse_loss(logits[:, 0], y)
-                else:
-                    loss = F.cross_entropy(logits, y)
+                loss = loss_of(net, train.batch(rows))
                 if not torch.isfinite(loss):
                     raise BertkitError(f"training diverged at epoch {epoch}, batch {i + 1} (loss {loss.item()}); try a lower --lr")
                 (loss / config.accumulate).backward()
@@ -302,7 +314,7 @@ def finetune(task: str | Task, data_dir, model: str, out, config: FinetuneConfig
             results, row = score(epoch, step, {"train_loss": round(epoch_loss / n_seen, 6), "train_seconds": round(train_seconds, 2),
                                                "train_examples_per_s": round(n_seen / train_seconds, 2)})
             epochs_log.append(row)
-            value = results[main_split][task.main_metric]
+            value = results[main_split][main_metric]
             _log(f"epoch {epoch}/{config.epochs}: train loss {epoch_loss / n_seen:.4f}, {train_seconds:.0f}s; {_fmt(results)}", quiet)
             if best is None or value > best[0]:
                 state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -313,23 +325,30 @@ def finetune(task: str | Task, data_dir, model: str, out, config: FinetuneConfig
     _, best_epoch, best_results, state = best
     net.load_state_dict(state)
     net.eval()
-    hyper = dataclasses.asdict(config)
-    info = {"head": task.head, "task": task.name, "labels": data.labels, "max_len": config.max_len,
-            "best_epoch": best_epoch, "dev": best_results, "hyperparameters": hyper, "base_model": str(model)}
+    return best_epoch, best_results, epochs_log
+
+
+def write_run(net, tokenizer, out, info: dict, task_name: str, model, main_metric: str, best_epoch: int, best_results: dict,
+              epochs_log: list, train_examples: int, dev_examples: dict, config: FinetuneConfig, wall_start: float,
+              quiet: bool = False) -> dict:
+    """Save the trained checkpoint (with `info` as bertkit.json) and `out/eval_results.json`; returns the results."""
+    from ..checkpoint import save
+
+    out = Path(out)
     save(net, out, tokenizer, info=info)
     train_times = [r["train_seconds"] for r in epochs_log if "train_seconds" in r]
     results = {
-        "task": task.name,
+        "task": task_name,
         "model": str(model),
         "best_epoch": best_epoch,
-        "main_metric": task.main_metric,
+        "main_metric": main_metric,
         **best_results,
-        "train_examples": len(train),
-        "dev_examples": {n: len(d) for n, d in devs.items()},
+        "train_examples": train_examples,
+        "dev_examples": dev_examples,
         "epochs": epochs_log,
         "train_seconds_per_epoch": train_times,
         "wall_seconds": round(time.perf_counter() - wall_start, 2),
-        "hyperparameters": hyper,
+        "hyperparameters": dataclasses.asdict(config),
         "torch_threads": torch.get_num_threads(),
         "peak_rss_mb": _peak_rss_mb(),
     }
@@ -348,5 +367,15 @@ def _peak_rss_mb() -> float | None:
         return None
 
 
+def _flat(prefix: str, metrics: dict) -> dict:
+    """{"dev_f1": ..., "dev_per_type_PER_f1": ...}: a metrics.jsonl row's keys for nested metrics."""
+    row = {}
+    for k, v in metrics.items():
+        row.update(_flat(f"{prefix}_{k}", v) if isinstance(v, dict) else {f"{prefix}_{k}": round(v, 6)})
+    return row
+
+
 def _fmt(results: dict) -> str:
-    return "; ".join(f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()) for split, m in results.items())
+    """The log line's metrics: the top-level numbers of each split (nested breakdowns stay in the files)."""
+    return "; ".join(f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if not isinstance(v, dict))
+                     for split, m in results.items())
