@@ -1,13 +1,15 @@
-"""`bertkit finetune`: fine-tune a checkpoint on a GLUE, sentiment or your own TSV task."""
+"""`bertkit finetune`: fine-tune a checkpoint on a GLUE, sentiment or your own TSV task, or a CoNLL tagging task."""
 
 TASK_NAMES = ("sst-2", "cola", "mrpc", "sts-b", "qqp", "mnli", "qnli", "rte", "wnli", "xnli", "imdb", "rotten-tomatoes", "text")
+TAGGING_TASKS = ("conll2003", "tags")  # token classification: bertkit/tagging
 
 
 def add_arguments(p):
-    p.add_argument("--task", required=True, metavar="NAME", help="one of: " + ", ".join(TASK_NAMES))
+    p.add_argument("--task", required=True, metavar="NAME", help="one of: " + ", ".join(TASK_NAMES + TAGGING_TASKS))
     p.add_argument("--data-dir", metavar="DIR",
                    help="the task's files: GLUE TSVs (DIR or DIR/TASK), aclImdb folders, XNLI, or train.tsv/dev.tsv for --task text "
-                        "(not needed for rotten-tomatoes)")
+                        "(not needed for rotten-tomatoes); eng.train/eng.testa[/eng.testb] for conll2003, "
+                        "train.txt/dev.txt[/test.txt] CoNLL columns for tags")
     p.add_argument("--model", default="all-minilm-l6-v2", help="checkpoint directory or model name (default all-minilm-l6-v2)")
     p.add_argument("--out", required=True, metavar="DIR", help="where the fine-tuned checkpoint, eval_results.json and metrics.jsonl go")
     p.add_argument("--epochs", type=int, default=3)
@@ -48,7 +50,12 @@ def run(args):
         accumulate=args.accumulate, max_grad_norm=args.max_grad_norm, eval_batch_size=args.eval_batch_size,
         max_train_examples=args.max_train_examples, progress=not args.quiet, eval_before=args.eval_before,
     )
-    results = finetune(args.task, args.data_dir, args.model, args.out, config, new_head=args.new_head,
-                       regression=args.regression, task_options={"lang": args.lang}, quiet=args.quiet)
-    dev = {k: v for k, v in results.items() if isinstance(v, dict) and k.startswith("dev")}
+    if args.task in TAGGING_TASKS:
+        from ..tagging.train import finetune_tagging
+
+        results = finetune_tagging(args.task, args.data_dir, args.model, args.out, config, new_head=args.new_head, quiet=args.quiet)
+    else:
+        results = finetune(args.task, args.data_dir, args.model, args.out, config, new_head=args.new_head,
+                           regression=args.regression, task_options={"lang": args.lang}, quiet=args.quiet)
+    dev = {k: v for k, v in results.items() if isinstance(v, dict) and k.startswith(("dev", "test"))}
     print(json.dumps({"task": results["task"], "best_epoch": results["best_epoch"], **dev}))

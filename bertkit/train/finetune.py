@@ -68,14 +68,15 @@ class FinetuneConfig:
 
 # ---- model ----------------------------------------------------------------------------------
 def build_task_model(model_name: str, task: Task, labels: list[str] | None, new_head: bool = False):
-    """A BertForSequenceClassification for `task` from a checkpoint, with the checkpoint's tokenizer.
+    """A BertForSequenceClassification (or, for a tagging task, BertForTokenClassification) for
+    `task` from a checkpoint, with the checkpoint's tokenizer.
 
     An encoder or pretraining checkpoint gets a fresh head. A checkpoint that already has a task
     head keeps it when it is for the same task and labels; otherwise it is refused, unless
     `new_head` (then the head is re-initialised and only the encoder is kept).
     """
     from ..checkpoint import load_config, load_hf_state_dict, read_bertkit_info, read_weights, resolve, saved_head, saved_labels
-    from ..model import BertForSequenceClassification
+    from ..model import BertForSequenceClassification, BertForTokenClassification
     from ..tokenizer import BertTokenizer
 
     directory = resolve(model_name)
@@ -90,13 +91,13 @@ def build_task_model(model_name: str, task: Task, labels: list[str] | None, new_
     keep_head = False
     if has_head:
         ck_task = info.get("task")
-        ck_labels = info.get("labels") if head != "classification" else saved_labels(cfg, info)
+        ck_labels = info.get("labels") if head not in ("classification", "token_classification") else saved_labels(cfg, info)
         agree = head == task.head and ck_task in (None, task.name) and (task.kind == "regression" or ck_labels == labels)
         if agree:
             keep_head = True
         elif not new_head:
             what = f"a {head} head" + (f" for task {ck_task}" if ck_task else "") + (
-                f" with labels {ck_labels}" if ck_labels and head == "classification" else "")
+                f" with labels {ck_labels}" if ck_labels and head in ("classification", "token_classification") else "")
             need = f"a {task.head} head" + (f" with labels {labels}" if labels else "")
             raise BertkitError(
                 f"--model {model_name}: the checkpoint has {what}, but --task {task.name} needs {need}; "
@@ -104,7 +105,8 @@ def build_task_model(model_name: str, task: Task, labels: list[str] | None, new_
             )
     if not keep_head:
         weights = {k: v for k, v in weights.items() if not k.startswith(("classifier.", "qa_outputs."))}
-    model = BertForSequenceClassification(cfg, num_labels=1 if task.kind == "regression" else len(labels))
+    head_class = BertForTokenClassification if task.head == "token_classification" else BertForSequenceClassification
+    model = head_class(cfg, num_labels=1 if task.kind == "regression" else len(labels))
     missing, unexpected = load_hf_state_dict(model, weights, source=str(directory))
     model.load_report = {"missing": missing, "unexpected": unexpected, "directory": str(directory), "kept_head": keep_head}
     model.tokenizer = model.bert.tokenizer = tokenizer
