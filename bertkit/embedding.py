@@ -2,7 +2,7 @@
 
     emb = BertEmbedding("all-minilm-l6-v2")
     tokens, vectors = emb(["some sentence"])[0]          # one vector per WordPiece, [CLS]/[SEP] included
-    matrix = emb.sentence_vectors(["a", "b"], pooling="mean")   # (2, H)
+    matrix = emb.sentence_vectors(["a", "b"])      # (2, H), the checkpoint's own recipe (SentenceRecipe)
 
 Inputs are encoded in batches of similar length (sorted, then put back in the caller's order), so a
 file of mixed-length lines wastes little work on padding.
@@ -10,6 +10,7 @@ file of mixed-length lines wastes little work on padding.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -17,7 +18,66 @@ import torch
 
 from .errors import BertkitError
 
-POOLINGS = ("none", "cls", "mean")
+POOLINGS = ("none", "cls", "mean", "auto")
+
+
+@dataclass(frozen=True)
+class SentenceRecipe:
+    """How a checkpoint turns token vectors into one sentence vector.
+
+    A sentence-transformers checkpoint says so itself: `modules.json` lists a Pooling module (its
+    `1_Pooling/config.json` names the mode) and maybe a Normalize module (L2), and
+    `sentence_bert_config.json` its `max_seq_length`. Without those files: mean pooling, no
+    normalisation. `bertkit embed --pooling auto`, `BertEmbedding.sentence_vectors` and
+    `bertkit serve` all use this one rule."""
+
+    pooling: str = "mean"  # "mean", "cls" or "max"
+    normalize: bool = False
+    max_seq_length: int | None = None
+    source: str = "default (mean pooling)"
+
+    @classmethod
+    def from_dir(cls, directory) -> "SentenceRecipe":
+        from pathlib import Path
+
+        from .textio import read_json
+
+        directory = Path(directory)
+        modules_file = directory / "modules.json"
+        if not modules_file.is_file():
+            return cls()
+        modules = read_json(modules_file)
+        if not isinstance(modules, list):
+            raise BertkitError(f"{modules_file}: expected a list of modules")
+        kinds = {str(m.get("type", "")).rsplit(".", 1)[-1]: m for m in modules if isinstance(m, dict)}
+        pooling = "mean"
+        if "Pooling" in kinds:
+            config_file = directory / str(kinds["Pooling"].get("path", "")) / "config.json"
+            config = read_json(config_file) if config_file.is_file() else {}
+            modes = [m for m in ("cls_token", "mean_tokens", "max_tokens") if config.get(f"pooling_mode_{m}")]
+            unsupported = [k for k, v in config.items() if k.startswith("pooling_mode_") and v and k[13:] not in
+                           ("cls_token", "mean_tokens", "max_tokens")]
+            if len(modes) != 1 or unsupported:
+                raise BertkitError(f"{config_file}: bertkit supports exactly one of pooling_mode_cls_token, "
+                                   f"_mean_tokens, _max_tokens; found {modes + unsupported}")
+            pooling = modes[0].split("_")[0]
+        st_config = directory / "sentence_bert_config.json"
+        max_seq_length = read_json(st_config).get("max_seq_length") if st_config.is_file() else None
+        return cls(pooling, "Normalize" in kinds, max_seq_length, str(modules_file))
+
+    def apply(self, seq: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """(B, T, H) last hidden states and (B,) real-token counts -> (B, H) float32 sentence vectors."""
+        seq = np.asarray(seq, dtype=np.float32)
+        mask = np.arange(seq.shape[1])[None, :] < np.asarray(lengths)[:, None]
+        if self.pooling == "cls":
+            out = seq[:, 0]
+        elif self.pooling == "max":
+            out = np.where(mask[:, :, None], seq, -np.inf).max(axis=1)
+        else:
+            out = (seq * mask[:, :, None]).sum(axis=1) / np.maximum(mask.sum(axis=1, keepdims=True), 1)
+        if self.normalize:
+            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out.astype(np.float32)
 
 
 class BertEmbedding:
@@ -32,11 +92,13 @@ class BertEmbedding:
         self.batch_size = batch_size
         self.n_truncated = 0  # inputs cut to max_len so far, for callers that report it once
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        directory = (getattr(self.model, "load_report", None) or {}).get("directory")
+        self.recipe = SentenceRecipe.from_dir(directory) if directory else SentenceRecipe()
         self.model.to(self.device).eval()
 
-    def _batches(self, sentences: Sequence[str]) -> Iterator[tuple[list[int], object, torch.Tensor]]:
+    def _batches(self, sentences: Sequence[str], max_len: int | None = None) -> Iterator[tuple[list[int], object, torch.Tensor]]:
         """Yield (original indices, encodings, last hidden states (b, T, H)) batch by batch."""
-        encodings = self.tokenizer.encode_batch(list(sentences), max_len=self.max_len)
+        encodings = self.tokenizer.encode_batch(list(sentences), max_len=max_len or self.max_len)
         self.n_truncated += sum(e.truncated for e in encodings)
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]))
         for start in range(0, len(order), self.batch_size):
@@ -56,16 +118,15 @@ class BertEmbedding:
                 out[i] = (batch.encodings[row].tokens, seq[row, :n].copy())
         return out
 
-    def sentence_vectors(self, sentences: Sequence[str], pooling: str = "mean") -> np.ndarray:
-        """(N, H): the [CLS] vector (`cls`) or the mean over real tokens (`mean`) of each sentence."""
-        if pooling not in ("cls", "mean"):
-            raise BertkitError(f"--pooling {pooling!r}: sentence vectors need 'cls' or 'mean'")
+    def sentence_vectors(self, sentences: Sequence[str], pooling: str = "auto") -> np.ndarray:
+        """(N, H) float32, one vector per sentence. `auto`: the checkpoint's own recipe (`self.recipe`,
+        e.g. mean pooling + L2 normalisation for all-minilm-l6-v2, and its max_seq_length), mean
+        pooling when it ships none; `cls` / `mean`: that pooling, unnormalised."""
+        if pooling not in ("cls", "mean", "auto"):
+            raise BertkitError(f"--pooling {pooling!r}: sentence vectors need 'auto', 'cls' or 'mean'")
+        recipe = self.recipe if pooling == "auto" else SentenceRecipe(pooling)
+        max_len = min(self.max_len, recipe.max_seq_length or self.max_len)
         out = np.zeros((len(sentences), self.model.config.hidden_size), dtype=np.float32)
-        for idx, batch, seq in self._batches(sentences):
-            if pooling == "cls":
-                vec = seq[:, 0]
-            else:
-                mask = batch.attention_mask.to(seq.dtype)[:, :, None]
-                vec = (seq * mask).sum(1) / mask.sum(1)
-            out[idx] = vec.float().cpu().numpy()
+        for idx, batch, seq in self._batches(sentences, max_len):
+            out[idx] = recipe.apply(seq.float().cpu().numpy(), batch.valid_lengths.cpu().numpy())
         return out

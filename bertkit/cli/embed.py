@@ -9,8 +9,9 @@ def add_arguments(p):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--sentences", nargs="+", metavar="S", help="sentences given on the command line")
     src.add_argument("--file", metavar="F", help="one sentence per line ('-' for standard input)")
-    p.add_argument("--pooling", choices=("none", "cls", "mean"), default="none",
-                   help="none: a vector per WordPiece token; cls / mean: one vector per sentence")
+    p.add_argument("--pooling", choices=("none", "cls", "mean", "auto"), default="none",
+                   help="none: a vector per WordPiece token; cls / mean: one vector per sentence; auto: the "
+                        "checkpoint's sentence-transformers recipe (e.g. mean + L2 normalisation), else mean")
     p.add_argument("--format", choices=("jsonl", "npy"), default="jsonl", help="npy: an (N, H) float32 matrix, sentence pooling only")
     p.add_argument("--out", metavar="F", help="output file (default standard output; required for npy)")
     p.add_argument("--batch-size", type=int, default=32)
