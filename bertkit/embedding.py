@@ -123,7 +123,7 @@ class BertEmbedding:
         e.g. mean pooling + L2 normalisation for all-minilm-l6-v2, and its max_seq_length), mean
         pooling when it ships none; `cls` / `mean`: that pooling, unnormalised."""
         if pooling not in ("cls", "mean", "auto"):
-            raise BertkitError(f"--pooling {pooling!r}: sentence vectors need 'auto', 'cls' or 'mean'")
+            raise BertkitError(f"--pooling {pooling!r}: sentence vectors need 'cls' or 'mean' (or 'auto': the checkpoint's recipe)")
         recipe = self.recipe if pooling == "auto" else SentenceRecipe(pooling)
         max_len = min(self.max_len, recipe.max_seq_length or self.max_len)
         out = np.zeros((len(sentences), self.model.config.hidden_size), dtype=np.float32)
