@@ -2,6 +2,7 @@
 
     emb = BertEmbedding("all-minilm-l6-v2")
     tokens, vectors = emb(["some sentence"])[0]          # one vector per WordPiece, [CLS]/[SEP] included
+    words, offsets, vectors = emb.word_vectors(["some sentence"], "avg")[0]   # one vector per word
     matrix = emb.sentence_vectors(["a", "b"])      # (2, H), the checkpoint's own recipe (SentenceRecipe)
 
 Inputs are encoded in batches of similar length (sorted, then put back in the caller's order), so a
@@ -19,6 +20,7 @@ import torch
 from .errors import BertkitError
 
 POOLINGS = ("none", "cls", "mean", "auto")
+WORD_COMBINES = ("avg", "sum", "last")  # how word_vectors makes a word's vector from its pieces'
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,31 @@ class BertEmbedding:
             for row, i in enumerate(idx):
                 n = int(batch.valid_lengths[row])
                 out[i] = (batch.encodings[row].tokens, seq[row, :n].copy())
+        return out
+
+    def word_vectors(self, sentences: Sequence[str], combine: str = "avg") -> list[tuple[list[str], list[tuple[int, int]], np.ndarray]]:
+        """For each sentence: (words, their (start, end) character offsets, vectors (len(words), H)).
+
+        One vector per word, [CLS]/[SEP] left out: the average, sum or last of the word's pieces'
+        last-layer vectors (GluonNLP's `oov_way`). A word is BERT's own: a piece and the `##`
+        pieces after it (so punctuation is a word of its own); `sentence[start:end]` is the word.
+        """
+        from .tagging.words import piece_groups
+
+        if combine not in WORD_COMBINES:
+            raise BertkitError(f"--words {combine!r}: one of {', '.join(WORD_COMBINES)}")
+        hidden = self.model.config.hidden_size
+        out: list = [None] * len(sentences)
+        for idx, batch, seq in self._batches(sentences):
+            seq = seq.float().cpu().numpy()
+            for row, i in enumerate(idx):
+                enc = batch.encodings[row]
+                groups = piece_groups(enc.tokens)
+                spans = [(enc.offsets[a][0], enc.offsets[b - 1][1]) for a, b in groups]
+                pieces = [seq[row, a:b] for a, b in groups]
+                vectors = [p.mean(0) if combine == "avg" else p.sum(0) if combine == "sum" else p[-1] for p in pieces]
+                out[i] = ([sentences[i][a:b] for a, b in spans], spans,
+                          np.stack(vectors) if vectors else np.zeros((0, hidden), dtype=np.float32))
         return out
 
     def sentence_vectors(self, sentences: Sequence[str], pooling: str = "auto") -> np.ndarray:
