@@ -1,4 +1,4 @@
-"""`bertkit embed`: token or sentence vectors as JSON lines or a .npy matrix."""
+"""`bertkit embed`: token, word or sentence vectors as JSON lines or a .npy matrix."""
 
 
 CHUNK = 4096  # lines encoded at a time from --file: memory stays flat on big files
@@ -12,6 +12,9 @@ def add_arguments(p):
     p.add_argument("--pooling", choices=("none", "cls", "mean", "auto"), default="none",
                    help="none: a vector per WordPiece token; cls / mean: one vector per sentence; auto: the "
                         "checkpoint's sentence-transformers recipe (e.g. mean + L2 normalisation), else mean")
+    p.add_argument("--words", choices=("avg", "sum", "last"),
+                   help="one vector per word instead of per WordPiece: the average, sum or last of its pieces' "
+                        "vectors, [CLS]/[SEP] left out; JSON lines {text, words, offsets, vectors}")
     p.add_argument("--format", choices=("jsonl", "npy"), default="jsonl", help="npy: an (N, H) float32 matrix, sentence pooling only")
     p.add_argument("--out", metavar="F", help="output file (default standard output; required for npy)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -35,6 +38,8 @@ def run(args):
 
     if args.format == "npy" and args.pooling == "none":
         raise BertkitError("--format npy holds one vector per sentence: use --pooling cls or mean (or --format jsonl)")
+    if args.words and (args.pooling != "none" or args.format != "jsonl"):
+        raise BertkitError("--words gives a vector per word as JSON lines: it goes with neither --pooling nor --format npy")
     if args.format == "npy" and not args.out:
         raise BertkitError("--format npy needs --out FILE.npy")
     if args.batch_size < 1:
@@ -49,7 +54,11 @@ def run(args):
     try:
         while chunk := list(islice(lines, CHUNK)):
             n_total += len(chunk)
-            if args.pooling == "none":
+            if args.words:
+                for text, (words, offsets, vectors) in zip(chunk, emb.word_vectors(chunk, args.words)):
+                    out.write(json.dumps({"text": text, "words": words, "offsets": offsets,
+                                          "vectors": np.round(vectors, 6).tolist()}) + "\n")
+            elif args.pooling == "none":
                 for text, (tokens, vectors) in zip(chunk, emb(chunk)):
                     out.write(json.dumps({"text": text, "tokens": tokens, "vectors": np.round(vectors, 6).tolist()}) + "\n")
             else:
@@ -71,5 +80,6 @@ def run(args):
         print(f"bertkit: note: {emb.n_truncated} of {n_total} sentences were longer than --max-len {emb.max_len} "
               "tokens and were truncated", file=sys.stderr)
     if args.out:
-        print(f"wrote {n_total} {'token-vector rows' if args.pooling == 'none' else 'sentence vectors'} to {args.out}",
+        what = "word-vector rows" if args.words else "token-vector rows" if args.pooling == "none" else "sentence vectors"
+        print(f"wrote {n_total} {what} to {args.out}",
               file=sys.stderr)
