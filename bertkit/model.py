@@ -252,6 +252,12 @@ class BertForTokenClassification(nn.Module):
         seq, _ = self.bert(input_ids, segment_ids, valid_lengths, attention_mask)
         return self.classifier(self.dropout(seq))
 
+    def predict(self, texts, **kwargs):
+        """[{"entities": [{"entity", "type", "start", "end", "score"}]}] per plain text (see tagging/predict.py)."""
+        from .tagging.predict import predict
+
+        return predict(self, texts, **kwargs)
+
 
 class BertForQuestionAnswering(nn.Module):
     """Span extraction: every token -> (start, end) logits, each (B, T)."""

@@ -1,12 +1,14 @@
-"""`bertkit predict`: the label (and its probability) or regression score of texts, from a fine-tuned checkpoint."""
+"""`bertkit predict`: the label (and its probability) or regression score of texts, or their entities, from a fine-tuned checkpoint."""
 
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="a fine-tuned checkpoint directory (from bertkit finetune, or transformers)")
-    p.add_argument("texts", nargs="*", metavar="TEXT [TEXT_B]", help="one text, or a pair of texts")
+    p.add_argument("texts", nargs="*", metavar="TEXT [TEXT_B]",
+                   help="one text, or a pair of texts; for a token-classification (entity) model, any number of texts")
     p.add_argument("--file", metavar="F.tsv",
                    help="many inputs: a TSV with a header naming text (or sentence) and optionally text_b; "
-                        "writes one JSON object {label, score} per row")
+                        "writes one JSON object {label, score} per row (an entity model reads plain text, one "
+                        "text per line, and writes {entities} per line)")
     p.add_argument("--out", metavar="F", help="with --file: write the JSON lines here (default standard output)")
     p.add_argument("--max-len", type=int, help="tokens per input (default: the fine-tuning --max-len)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -54,9 +56,13 @@ def run(args):
 
     if args.file and args.texts:
         raise BertkitError("give either TEXT [TEXT_B] or --file, not both")
-    if not args.file and not 1 <= len(args.texts) <= 2:
+    if not args.file and not args.texts:
         raise BertkitError("give one TEXT, a pair TEXT TEXT_B, or --file F.tsv")
     model = load(args.model)
+    if type(model).__name__ == "BertForTokenClassification":
+        return predict_entities(model, args)
+    if not args.file and len(args.texts) > 2:
+        raise BertkitError("give one TEXT, a pair TEXT TEXT_B, or --file F.tsv")
     if model.load_report.get("missing"):
         missing = [m for m in model.load_report["missing"] if m.startswith("classifier.")]
         if missing or not hasattr(model, "predict"):
@@ -75,3 +81,24 @@ def run(args):
     texts_b = [args.texts[1]] if len(args.texts) == 2 else None
     r = model.predict([args.texts[0]], texts_b, max_len=args.max_len)[0]
     print(f"{r['score']:.4f}" if r["label"] is None else f"{r['label']}\t{r['score']:.4f}")
+
+
+def predict_entities(model, args):
+    """A token-classification checkpoint: one JSON line {"entities": [...]} per TEXT, or per line of a
+    plain-text --file (blank lines give no entities, so output line N is input line N)."""
+    import json
+    import sys
+
+    from ..errors import BertkitError
+    from ..textio import iter_lines
+
+    if model.load_report.get("missing"):
+        raise BertkitError(f"--model {args.model}: not a fine-tuned token-classification checkpoint (no trained head)")
+    texts = list(iter_lines(args.file)) if args.file else args.texts
+    results = model.predict(texts, max_len=args.max_len, batch_size=args.batch_size)
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    for r in results:
+        out.write(json.dumps(r) + "\n")
+    if args.out:
+        out.close()
+    return 0
