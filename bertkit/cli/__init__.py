@@ -27,6 +27,10 @@ COMMANDS = {
     "pretrain": ("pretrain", "pretrain a BERT (masked LM + next sentence) from shards; torchrun for many processes"),
     "finetune": ("finetune", "fine-tune a checkpoint on a GLUE / sentiment / TSV task; writes the best epoch's checkpoint"),
     "predict": ("predict", "classify (or score) texts with a fine-tuned checkpoint"),
+    "squad": ("squad", "fine-tune on SQuAD 1.1/2.0 and answer its questions; predictions, n-best, official scores"),
+    "squad-eval": ("squad_eval", "the official SQuAD 1.1/2.0 metric of a predictions file"),
+    "export": ("export", "export a checkpoint to ONNX or a PyTorch-native file, verified against PyTorch"),
+    "serve": ("serve", "an HTTP server for embeddings, predictions and answers, with dynamic batching"),
 }
 
 

@@ -135,6 +135,7 @@ def _export(model, head, directory, graph, batches, fmt, out, quantize, max_len,
                       "pad_id": tokenizer.pad_id, "pair": "[CLS] a [SEP] b [SEP], token_type_ids 0 then 1"},
         "sentence_embedding": {"pooling": recipe.pooling, "normalize": recipe.normalize} if head == "encoder" else None,
         "source": {"checkpoint": str(directory), "config": cfg.to_dict()},
+        "checkpoint_info": model.info,  # bertkit.json: training metadata, and the settings /answer uses
         "onnxruntime_fusions": fused,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")  # provisional: the runtime reads it

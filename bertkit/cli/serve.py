@@ -1,0 +1,59 @@
+"""`bertkit serve`: embeddings, predictions and answers over HTTP, with dynamic batching."""
+
+
+def add_arguments(p):
+    p.add_argument("--model", required=True, help="a checkpoint directory or name, or an export directory (bertkit export)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--backend", choices=("torch", "onnx"),
+                   help="torch: bertkit's PyTorch model (default for a checkpoint); onnx: ONNX Runtime (a checkpoint "
+                        "is exported and verified at start-up). An export directory runs in its own format")
+    p.add_argument("--max-batch-size", type=int, default=32, help="inputs per forward pass (1 turns batching off)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first input waits for others to join its batch")
+    p.add_argument("--max-queue", type=int, default=1024, help="inputs waiting at most; beyond it requests get 503")
+    p.add_argument("--max-client-batch-size", type=int, default=32, help="inputs one request may send")
+    p.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's choice)")
+
+
+def run(args):
+    import sys
+
+    from ..errors import BertkitError
+
+    for flag in ("max_batch_size", "max_queue", "max_client_batch_size"):
+        if getattr(args, flag) < 1:
+            raise BertkitError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.max_wait_ms < 0:
+        raise BertkitError(f"--max-wait-ms must not be negative, got {args.max_wait_ms}")
+    try:
+        import uvicorn
+    except ImportError:
+        raise BertkitError("bertkit serve needs FastAPI and uvicorn: pip install 'bertkit[serve]'") from None
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from ..serve.app import create_app
+    from ..serve.backends import load_backend
+    from ..serve.batcher import DynamicBatcher
+
+    def log(msg):
+        print(f"bertkit serve: {msg}", file=sys.stderr, flush=True)
+
+    backend = load_backend(args.model, args.backend, threads=args.threads, log=log)
+    batcher = DynamicBatcher(backend.forward, args.max_batch_size, args.max_wait_ms, args.max_queue)
+    app = create_app(backend, batcher, str(args.model), max_client_batch_size=args.max_client_batch_size)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=None)
+    server = uvicorn.Server(config)
+    log(f"{backend.head} model on {backend.name}, batches of up to {args.max_batch_size} "
+        f"(wait {args.max_wait_ms:g} ms); listening on http://{args.host}:{args.port}")
+    try:
+        server.run()  # SIGTERM / Ctrl-C: stop accepting, finish the accepted requests, exit
+    except SystemExit as e:  # uvicorn exits 1 when it cannot bind the port
+        if e.code:
+            raise BertkitError(f"cannot listen on {args.host}:{args.port} (is the port taken?)") from None
+    finally:
+        batcher.close()
+    log("stopped")
+    return 0

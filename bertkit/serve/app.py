@@ -1,0 +1,230 @@
+"""The HTTP API (FastAPI): routes, request validation, errors.
+
+    POST /v1/embeddings   OpenAI's shape: {"input": str | [str], "encoding_format": "float" | "base64"}
+    POST /embed           text-embeddings-inference's shape: {"inputs": str | [str], "normalize", "truncate"}
+    POST /predict         {"inputs": str | [str | [text, text_b]]} -> [{"label", "score"}] per input
+    POST /answer          {"question": str, "context": str} -> {"text", "start", "end", "score"}
+    GET  /health, /info
+
+Bodies are parsed and checked here, before anything is queued, so a bad request is answered with a
+4xx JSON error that names the field and never reaches (or slows) the batch other clients share.
+Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}}; /embed uses
+text-embeddings-inference's {"error", "error_type"}, so clients of either server keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import warnings
+from contextlib import asynccontextmanager
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from ..errors import BertkitError
+from ..tokenizer import TruncationWarning
+from .batcher import DynamicBatcher, QueueFull
+
+JSON_TYPES = {str: "a string", int: "a number", float: "a number", bool: "a boolean", list: "a list", dict: "an object",
+              type(None): "null"}
+
+
+class Problem(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+
+def _json_type(value) -> str:
+    return JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def create_app(backend, batcher: DynamicBatcher, model_name: str, max_client_batch_size: int = 32,
+               max_body_bytes: int = 4 << 20, max_context_chars: int = 100_000) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        # uvicorn has stopped accepting and finished the requests it had; let the worker go.
+        await asyncio.get_running_loop().run_in_executor(None, batcher.close)
+
+    app = FastAPI(title="bertkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(Problem)
+    async def problem(request: Request, e: Problem):
+        headers = {"Retry-After": "1"} if e.status == 503 else None
+        if request.url.path == "/embed":
+            kind = {413: "Validation", 422: "Validation", 400: "Validation", 503: "Overloaded"}.get(e.status, "Backend")
+            return JSONResponse({"error": e.message, "error_type": kind}, status_code=e.status, headers=headers)
+        return JSONResponse({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.status}},
+                            status_code=e.status, headers=headers)
+
+    @app.exception_handler(404)
+    async def not_found(request: Request, e):
+        return JSONResponse({"error": {"message": f"no route {request.method} {request.url.path}", "type": "not_found",
+                                       "param": None, "code": 404}}, status_code=404)
+
+    @app.exception_handler(405)
+    async def wrong_method(request: Request, e):
+        return JSONResponse({"error": {"message": f"{request.url.path} does not take {request.method}",
+                                       "type": "invalid_request_error", "param": None, "code": 405}}, status_code=405)
+
+    async def body_of(request: Request) -> dict:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_body_bytes:
+            raise Problem(413, f"request body is {int(length)} bytes, more than the limit of {max_body_bytes}")
+        raw = await request.body()
+        if len(raw) > max_body_bytes:
+            raise Problem(413, f"request body is {len(raw)} bytes, more than the limit of {max_body_bytes}")
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise Problem(400, f"request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise Problem(422, f"request body must be a JSON object, got {_json_type(body)}")
+        return body
+
+    def texts_of(body: dict, field: str, pairs: bool = False) -> list:
+        if field not in body:
+            raise Problem(422, f"field {field!r} is missing", field)
+        value = body[field]
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise Problem(422, f"field {field!r} must be a string or a list of strings, got {_json_type(value)}", field)
+        if not items:
+            raise Problem(422, f"field {field!r} is an empty list", field)
+        if len(items) > max_client_batch_size:
+            raise Problem(413, f"field {field!r} has {len(items)} inputs, more than the limit of {max_client_batch_size} "
+                               "per request", field)
+        for i, t in enumerate(items):
+            parts = t if pairs and isinstance(t, list) else [t]
+            if pairs and isinstance(t, list) and len(t) != 2:
+                raise Problem(422, f"{field}[{i}] must be a text or a pair [text, text_b], got a list of {len(t)}", f"{field}[{i}]")
+            for p in parts:
+                if not isinstance(p, str):
+                    what = "a string or a pair of strings" if pairs else "a string"
+                    raise Problem(422, f"{field}[{i}] must be {what}, got {_json_type(p)}", f"{field}[{i}]")
+                if not p.strip():
+                    raise Problem(422, f"{field}[{i}] is an empty text", f"{field}[{i}]")
+        return items
+
+    def encode(field: str, items: list, max_len: int, truncate: bool = False) -> list:
+        """Tokenize (pairs too); over-long inputs are an error unless `truncate`."""
+        singles = [i for i, t in enumerate(items) if isinstance(t, str)]
+        pairs = [i for i, t in enumerate(items) if not isinstance(t, str)]
+        out: list = [None] * len(items)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TruncationWarning)
+            if singles:
+                for i, e in zip(singles, backend.tokenizer.encode_batch([items[i] for i in singles], max_len=max_len)):
+                    out[i] = e
+            if pairs:
+                encs = backend.tokenizer.encode_batch([items[i][0] for i in pairs], [items[i][1] for i in pairs], max_len=max_len)
+                for i, e in zip(pairs, encs):
+                    out[i] = e
+        if not truncate:
+            for i, e in enumerate(out):
+                if e.truncated:
+                    raise Problem(413, f"{field}[{i}] is longer than the limit of {max_len} tokens", f"{field}[{i}]")
+        return out
+
+    async def run(encodings: list, task: str) -> list:
+        try:
+            futures = batcher.submit(encodings, task)
+        except QueueFull as e:
+            raise Problem(503, f"server overloaded: {e}; retry later", kind="overloaded") from None
+        try:
+            return list(await asyncio.gather(*futures))
+        except BertkitError as e:
+            raise Problem(422, str(e)) from None
+        except Exception as e:  # noqa: BLE001 - the model failed on this batch: say so, keep serving
+            raise Problem(500, f"model error: {type(e).__name__}: {e}", kind="server_error") from None
+
+    def need_head(route: str, *heads: str) -> None:
+        if backend.head not in heads:
+            raise Problem(400, f"{route} needs a model with a {' or '.join(heads)} head; this server's model's head "
+                               f"is {backend.head}")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def info():
+        out = {"model_id": model_name, **backend.describe(), "max_client_batch_size": max_client_batch_size,
+               "max_batch_size": batcher.max_batch_size, "max_wait_ms": batcher.max_wait * 1000,
+               "max_queue": batcher.max_queue, "batches_run": batcher.batches_run, "inputs_run": batcher.inputs_run}
+        if backend.head == "encoder":
+            out["embedding"] = {"pooling": backend.recipe.pooling, "normalize": backend.recipe.normalize,
+                                "max_input_length": backend.embedding_max_len}
+        return out
+
+    @app.post("/v1/embeddings")
+    async def openai_embeddings(request: Request):
+        body = await body_of(request)
+        need_head("/v1/embeddings", "encoder")
+        fmt = body.get("encoding_format", "float")
+        if fmt not in ("float", "base64"):
+            raise Problem(422, f"field 'encoding_format' must be 'float' or 'base64', got {fmt!r}", "encoding_format")
+        texts = texts_of(body, "input")
+        encodings = encode("input", texts, backend.embedding_max_len)
+        vectors = await run(encodings, "embed")
+        dims = body.get("dimensions")
+        if dims is not None and dims != len(vectors[0]):
+            raise Problem(422, f"field 'dimensions' is {dims!r}; this model's vectors have {len(vectors[0])}", "dimensions")
+        data = [{"object": "embedding", "index": i,
+                 "embedding": base64.b64encode(np.asarray(v, "<f4").tobytes()).decode() if fmt == "base64" else v.tolist()}
+                for i, v in enumerate(vectors)]
+        n = sum(len(e) for e in encodings)
+        return {"object": "list", "data": data, "model": body.get("model") or model_name,
+                "usage": {"prompt_tokens": n, "total_tokens": n}}
+
+    @app.post("/embed")
+    async def tei_embed(request: Request):
+        body = await body_of(request)
+        need_head("/embed", "encoder")
+        flags = {}
+        for flag, default in (("normalize", True), ("truncate", False)):
+            flags[flag] = body.get(flag, default)
+            if not isinstance(flags[flag], bool):
+                raise Problem(422, f"field {flag!r} must be true or false, got {_json_type(flags[flag])}", flag)
+        texts = texts_of(body, "inputs")
+        encodings = encode("inputs", texts, backend.embedding_max_len, truncate=flags["truncate"])
+        vectors = await run(encodings, "embed" if flags["normalize"] else "embed_raw")
+        if flags["normalize"] and not backend.recipe.normalize:
+            vectors = [v / max(float(np.linalg.norm(v)), 1e-12) for v in vectors]
+        return [v.tolist() for v in vectors]
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        body = await body_of(request)
+        need_head("/predict", "classification", "regression")
+        items = texts_of(body, "inputs", pairs=True)
+        return await run(encode("inputs", items, backend.max_len), "predict")
+
+    @app.post("/answer")
+    async def answer(request: Request):
+        body = await body_of(request)
+        need_head("/answer", "question_answering")
+        for field in ("question", "context"):
+            if field not in body:
+                raise Problem(422, f"field {field!r} is missing", field)
+            if not isinstance(body[field], str):
+                raise Problem(422, f"field {field!r} must be a string, got {_json_type(body[field])}", field)
+            if not body[field].strip():
+                raise Problem(422, f"field {field!r} is empty", field)
+        if len(body["context"]) > max_context_chars:
+            raise Problem(413, f"field 'context' has {len(body['context'])} characters, more than the limit of "
+                               f"{max_context_chars}", "context")
+        try:
+            future = batcher.submit_call(lambda: backend.answer(body["question"], body["context"]))
+        except QueueFull as e:
+            raise Problem(503, f"server overloaded: {e}; retry later", kind="overloaded") from None
+        try:
+            return await future
+        except BertkitError as e:
+            raise Problem(422, str(e)) from None
+
+    return app
