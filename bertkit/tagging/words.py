@@ -4,7 +4,7 @@ Two notions of "word", each for its use:
 - `split_words(text)`: raw text cut into words the way CoNLL files are tokenized (Penn Treebank
   style), for tagging plain text with a model trained on such files. Punctuation at a word's edges
   is its own word ("said," -> "said" ","), clitics too ("Germany's" -> "Germany" "'s"), but
-  punctuation inside a word stays ("U.S.", "1,000", "Anglo-Dutch", "O'Neill"), as in CoNLL-2003.
+  punctuation inside a word stays ("U.S.", "1,000.5", "Anglo-Dutch", "O'Neill"), as in CoNLL-2003.
   A tagger trained on CoNLL labels only the first piece of "U.S."; splitting it into four words
   at prediction time would ask the model about pieces it was never taught.
 - `piece_groups(tokens)`: BERT's own words, the pieces of one encoded text grouped by the `##`
@@ -21,8 +21,9 @@ _WORD = re.compile(
     rf"""
       (?:[^\W\d_]\.){{2,}}                      # letters with dots: U.S., U.N., e.g.
     | '{_CLITIC}                                # a clitic, its own word as in the Treebank
-    | [^\W_]                                    # a word: letters and digits, joined by - . , / & and
-      (?:[^\W_] | [-.,/&](?=[^\W_]) | '(?!{_CLITIC})(?=[^\W_]))*   # apostrophes that start no clitic
+    | [^\W_]                                    # a word: letters and digits, joined by - / &, by . and ,
+      (?:[^\W_] | [-/&](?=[^\W_]) | (?<=\d)[.,](?=\d)    # between digits, and by apostrophes that
+       | '(?!{_CLITIC})(?=[^\W_]))*              # start no clitic
     | \.\.\.
     | \S                                        # any other character (punctuation) alone
     """,
