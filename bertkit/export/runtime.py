@@ -88,7 +88,9 @@ class ExportedModel:
             if self.path.suffix == ".pt2":
                 module = torch.export.load(str(self.path)).module()
             else:
-                module = torch.jit.load(str(self.path), map_location="cpu")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, still there in 2.13
+                    module = torch.jit.load(str(self.path), map_location="cpu")
         except Exception as e:  # noqa: BLE001 - torch raises many types for a bad or foreign file
             raise BertkitError(f"{self.path}: not a loadable PyTorch export ({type(e).__name__}: {str(e).strip()[:200]})") from None
 

@@ -31,7 +31,9 @@ def write_exported_program(graph: ExportGraph, path: Path, sample: tuple[torch.T
 
 
 def quantize_int8(graph: ExportGraph) -> torch.nn.Module:
-    return torch.ao.quantization.quantize_dynamic(graph, {torch.nn.Linear}, dtype=torch.qint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notes (torchao is its successor)
+        return torch.ao.quantization.quantize_dynamic(graph, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def write_torchscript(module: torch.nn.Module, path: Path, sample: tuple[torch.Tensor, ...]) -> None:

@@ -1,0 +1,190 @@
+"""bertkit export: every head, both formats, parity with the PyTorch model on real sentences, int8,
+a consumer that uses only onnxruntime + tokenizers, and the failures a user can cause."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import bertkit
+from bertkit.checkpoint import HEADS
+from bertkit.export import ExportedModel, export
+from bertkit.export import verify
+from conftest import assert_cli_error, randomize_, run_cli
+
+HEAD_LABELS = {"encoder": None, "classification": ["neg", "pos", "mixed"], "regression": None,
+               "token_classification": ["O", "B-PER", "I-PER", "B-LOC"], "question_answering": None}
+
+
+def tiny_checkpoint(root, head, tokenizer, seed=0):
+    """A bert_2_128_2 checkpoint with random weights (every tensor nonzero) and a real vocabulary."""
+    cfg = bertkit.BertConfig.from_preset("bert_2_128_2", vocab_size=tokenizer.vocab_size)
+    cls = HEADS[head][0]
+    labels = HEAD_LABELS[head]
+    torch.manual_seed(seed)
+    if head in ("classification", "token_classification"):
+        model = cls(cfg, num_labels=len(labels))
+    elif head == "regression":
+        model = cls(cfg, num_labels=1)
+    else:
+        model = cls(cfg)
+    randomize_(model, seed=seed)
+    return bertkit.save(model, root / head, tokenizer=tokenizer, info={"labels": labels} if labels else None)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, minilm):
+    root = tmp_path_factory.mktemp("ckpt")
+    return {head: tiny_checkpoint(root, head, minilm.tokenizer) for head in HEAD_LABELS}
+
+
+def _batches(tokenizer, sentences):
+    """SST-2 dev sentences as padded batches (file order: mixed lengths), a single row, and pairs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [tokenizer(sentences[:16]), tokenizer(sentences[16:17]), tokenizer(sentences[20:28], sentences[28:36])]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torch"])
+@pytest.mark.parametrize("head", list(HEAD_LABELS))
+def test_every_head_both_formats_match_pytorch(checkpoints, tmp_path, head, fmt, sst2_dev):
+    out = tmp_path / "export"
+    manifest = export(checkpoints[head], fmt, out, log=lambda *_: None)
+    assert manifest["head"] == head and manifest["format"] == fmt
+    assert manifest["verification"]["max_abs_diff"] <= 1e-4
+    assert manifest["verification"]["sentences"] >= 20
+    assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "token_type_ids", "attention_mask"]
+    assert manifest["labels"] == HEAD_LABELS[head] if head != "regression" else manifest["labels"] is None
+    for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "config.json", manifest["model_file"]):
+        assert (out / f).is_file(), f
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["verification"] == manifest["verification"]
+
+    # Independently of export's own check: the reloaded file against the PyTorch model on SST-2 dev.
+    model = bertkit.load(checkpoints[head])
+    exported = ExportedModel(out)
+    assert exported.output_names == [o["name"] for o in manifest["outputs"]]
+    for b in _batches(model.tokenizer, sst2_dev):
+        ours = verify.torch_outputs(model, head, b)
+        theirs = exported.run(b.input_ids.numpy(), b.segment_ids.numpy(), b.attention_mask.long().numpy())
+        for o, t, spec in zip(ours, theirs, manifest["outputs"]):
+            assert o.shape == t.shape
+            assert len(spec["shape"]) == o.ndim
+            assert float(np.abs(o - t).max()) <= 1e-4, spec["name"]
+            assert np.abs(o).max() > 1e-3  # real outputs, not zeros on both sides
+
+
+def test_fp32_out_of_tolerance_fails_loudly_and_leaves_no_model(checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setattr(verify, "FP32_TOLERANCE", 0.0)  # nothing but bit-exact could pass
+    out = tmp_path / "export"
+    with pytest.raises(bertkit.BertkitError, match="failed verification: max \\|exported - PyTorch\\|"):
+        export(checkpoints["encoder"], "onnx", out, log=lambda *_: None)
+    assert not (out / "model.onnx").exists() and not (out / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torch"])
+def test_int8_reports_agreement_and_eval_accuracy(checkpoints, tmp_path, fmt, data_dir):
+    # SST-2 dev's first 48 rows, relabelled into the tiny model's label names (it is untrained: the
+    # accuracy is whatever it is, but both sides must be computed on the same rows).
+    rows = (data_dir / "glue_data" / "SST-2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:49]
+    eval_file = tmp_path / "dev.tsv"
+    eval_file.write_text("sentence\tlabel\n" + "".join(f"{r.split(chr(9))[0]}\t{['neg', 'pos'][int(r.split(chr(9))[1])]}\n"
+                                                      for r in rows))
+    manifest = export(checkpoints["classification"], fmt, tmp_path / "out", quantize="int8", eval_file=eval_file)
+    v = manifest["verification"]
+    assert manifest["quantization"].startswith("int8")
+    assert manifest["model_file"] == ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    assert 0.5 <= v["label_agreement"] <= 1.0
+    assert v["max_abs_diff"] > 0  # int8 really differs from fp32
+    e = v["eval"]
+    assert e["examples"] == 48 and e["metric"] == "accuracy"
+    assert e["change_points"] == pytest.approx(100 * (e["export"] - e["pytorch_fp32"]))
+    # the reported fp32 accuracy is the PyTorch model's own on that file
+    model = bertkit.load(checkpoints["classification"])
+    preds = model.predict([r.split("\t")[0] for r in rows], max_len=512)
+    gold = [["neg", "pos"][int(r.split("\t")[1])] for r in rows]
+    assert e["pytorch_fp32"] == pytest.approx(np.mean([p["label"] == g for p, g in zip(preds, gold)]))
+
+
+def test_int8_encoder_reports_embedding_cosine(checkpoints, tmp_path):
+    v = export(checkpoints["encoder"], "onnx", tmp_path / "out", quantize="int8")["verification"]
+    assert 0.9 < v["cosine_mean"] <= 1.0 + 1e-6 and v["cosine_min"] <= v["cosine_mean"]
+
+
+STANDALONE = r'''
+import json, sys
+import numpy as np, onnxruntime, tokenizers
+directory, texts = sys.argv[1], json.loads(sys.argv[2])
+m = json.load(open(f"{directory}/manifest.json"))
+tok = tokenizers.Tokenizer.from_file(f"{directory}/tokenizer.json")
+tok.enable_truncation(m["max_sequence_length"])
+tok.enable_padding(pad_id=m["tokenizer"]["pad_id"])
+enc = tok.encode_batch(texts)
+feed = {"input_ids": np.array([e.ids for e in enc], np.int64),
+        "token_type_ids": np.array([e.type_ids for e in enc], np.int64),
+        "attention_mask": np.array([e.attention_mask for e in enc], np.int64)}
+session = onnxruntime.InferenceSession(f"{directory}/{m['model_file']}", providers=["CPUExecutionProvider"])
+hidden = session.run([m["outputs"][0]["name"]], feed)[0]
+mask = feed["attention_mask"][:, :, None]
+vectors = (hidden * mask).sum(1) / mask.sum(1)      # the manifest's recipe: mean pooling
+if m["sentence_embedding"]["normalize"]:
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+assert not any(name.startswith("bertkit") for name in sys.modules), "bertkit was imported"
+print(json.dumps({"tokens": [e.tokens for e in enc], "vectors": vectors.tolist()}))
+'''
+
+
+def test_export_runs_with_onnxruntime_and_tokenizers_alone(checkpoints, minilm_dir, tmp_path, sst2_dev):
+    # the tiny encoder with all-minilm-l6-v2's sentence-transformers recipe (mean pooling + Normalize)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoints["encoder"], ckpt)
+    shutil.copytree(minilm_dir / "1_Pooling", ckpt / "1_Pooling")
+    shutil.copyfile(minilm_dir / "modules.json", ckpt / "modules.json")
+    out = tmp_path / "export"
+    manifest = export(ckpt, "onnx", out)
+    assert manifest["sentence_embedding"] == {"pooling": "mean", "normalize": True}
+    minilm_dir = ckpt
+    texts = sst2_dev[:12]
+    result = subprocess.run([sys.executable, "-c", STANDALONE, str(out), json.dumps(texts)], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    emb = bertkit.BertEmbedding(minilm_dir)
+    assert got["tokens"][3] == [t for t in emb([texts[3]])[0][0]] + ["[PAD]"] * (len(got["tokens"][3]) - len(emb([texts[3]])[0][0]))
+    expected = emb.sentence_vectors(texts)  # the checkpoint's recipe: mean pooling + L2 normalisation
+    assert np.abs(np.array(got["vectors"]) - expected).max() < 1e-5
+
+
+def test_cli_export_and_its_errors(checkpoints, tmp_path):
+    out = tmp_path / "cli-export"
+    r = run_cli("export", "--model", checkpoints["question_answering"], "--format", "torch", "--out", out, "--seq-length", "64")
+    assert r.returncode == 0, r.stderr
+    assert "verified on" in r.stderr and "tolerance 0.0001" in r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["max_sequence_length"] == 64 and m["model_file"] == "model.pt2"
+    assert [o["name"] for o in m["outputs"]] == ["start_logits", "end_logits"]
+    # one user error through the CLI (one line, exit 2); the rest through the API
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert_cli_error(run_cli("export", "--model", checkpoints["encoder"], "--format", "onnx", "--out", tmp_path / "other"),
+                     "not empty")
+    for kwargs, fragment in [
+        ({"out": out, "seq_length": 9999}, "--seq-length 9999"),
+        ({"out": tmp_path / "e", "eval_file": tmp_path / "missing.tsv"}, "missing.tsv"),
+        ({"out": tmp_path / "q", "quantize": "int4"}, "--quantize 'int4'"),
+    ]:
+        with pytest.raises(bertkit.BertkitError, match=re.escape(fragment)):
+            export(checkpoints["encoder"], "onnx", **kwargs)
+    with pytest.raises(bertkit.BertkitError, match="nope"):
+        export(tmp_path / "nope", "onnx", tmp_path / "n")
+    # a re-export into an earlier export directory replaces it
+    assert export(checkpoints["encoder"], "onnx", out)["format"] == "onnx"
+    assert not (out / "model.pt2").exists()
