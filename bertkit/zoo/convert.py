@@ -11,7 +11,6 @@ The format modules (convert_gluonnlp.py, convert_tf.py) turn a source into a `Co
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -114,11 +113,12 @@ def cache_root() -> Path:
     return Path(os.environ.get("BERTKIT_CACHE") or Path.home() / ".cache" / "bertkit")
 
 
-def converted_for_loading(source: str | Path) -> Path:
+def converted_for_loading(source: str | Path, options: Options | None = None) -> Path:
     """A checkpoint directory converted from `source`, made once and kept in the cache."""
-    converted = read_source(source)  # reads and checks every file; cheap next to loading the model
-    key = hashlib.sha256()
-    for p in sorted({converted.source, converted.vocab_file, *converted.info.get("inputs", [])}):
+    options = options or Options()
+    converted = read_source(source, options)  # reads and checks every file; cheap next to loading the model
+    key = hashlib.sha256(repr(options).encode())
+    for p in sorted({converted.source, converted.vocab_file, *map(Path, converted.info.get("inputs", []))}):
         st = Path(p).stat()
         key.update(f"{Path(p).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     out = cache_root() / "converted" / f"{converted.source.name.split('.')[0]}-{key.hexdigest()[:16]}"
