@@ -157,7 +157,7 @@ def create_app(backend, batcher: DynamicBatcher, model_name: str, max_client_bat
     async def info():
         out = {"model_id": model_name, **backend.describe(), "max_client_batch_size": max_client_batch_size,
                "max_batch_size": batcher.max_batch_size, "max_wait_ms": batcher.max_wait * 1000,
-               "max_queue": batcher.max_queue, "batches_run": batcher.batches_run, "inputs_run": batcher.inputs_run}
+               "max_queue": batcher.max_queue, "queued": batcher.queued(), "batches_run": batcher.batches_run, "inputs_run": batcher.inputs_run}
         if backend.head == "encoder":
             out["embedding"] = {"pooling": backend.recipe.pooling, "normalize": backend.recipe.normalize,
                                 "max_input_length": backend.embedding_max_len}
