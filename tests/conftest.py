@@ -19,6 +19,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# No test may reach the real Hugging Face Hub: a name that would be downloaded goes to a closed local
+# port and fails at once (the zoo's download tests point HF_ENDPOINT at their own local server).
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+
 
 # ---- real data ------------------------------------------------------------------------------
 @pytest.fixture(scope="session")

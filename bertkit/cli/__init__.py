@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -31,6 +32,8 @@ COMMANDS = {
     "squad-eval": ("squad_eval", "the official SQuAD 1.1/2.0 metric of a predictions file"),
     "export": ("export", "export a checkpoint to ONNX or a PyTorch-native file, verified against PyTorch"),
     "serve": ("serve", "an HTTP server for embeddings, predictions and answers, with dynamic batching"),
+    "zoo": ("zoo", "list the named pretrained BERTs (GluonNLP's and Google's), which are here; --fetch downloads"),
+    "convert": ("convert", "convert a GluonNLP .params file or a Google TensorFlow checkpoint into a checkpoint directory"),
 }
 
 
@@ -55,6 +58,10 @@ def command_parser(name: str):
     module = importlib.import_module(f".{module_name}", __name__)
     parser = argparse.ArgumentParser(prog=f"bertkit {name}", description=help_text)
     module.add_arguments(parser)
+    if any(a.dest == "model" for a in parser._actions) and not any(a.dest == "offline" for a in parser._actions):
+        # Every command that takes a model may have to download it (a zoo name, a Hub id).
+        parser.add_argument("--offline", action="store_true",
+                            help="never download: use only models already on this machine (as HF_HUB_OFFLINE=1)")
     return parser, module
 
 
@@ -69,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     parser, module = command_parser(argv[0])
     args = parser.parse_args(argv[1:])
+    if getattr(args, "offline", False):
+        os.environ["HF_HUB_OFFLINE"] = "1"
     warnings.showwarning = _one_line_warning
     try:
         return module.run(args) or 0
