@@ -274,6 +274,12 @@ class BertForQuestionAnswering(nn.Module):
         start, end = self.qa_outputs(seq).unbind(-1)
         return start, end
 
+    def answer(self, question: str, context: str, **kwargs) -> dict:
+        """{"text", "start", "end", "score"}: the answer's span in `context` ("" if none; see qa/answer.py)."""
+        from .qa.answer import answer
+
+        return answer(self, question, context, **kwargs)
+
 
 def init_weights(module: nn.Module, cfg: BertConfig) -> None:
     """BERT's initialisation: truncated-free normal(0, initializer_range), zero biases, unit LayerNorm."""

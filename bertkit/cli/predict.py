@@ -12,6 +12,8 @@ def add_arguments(p):
     p.add_argument("--out", metavar="F", help="with --file: write the JSON lines here (default standard output)")
     p.add_argument("--max-len", type=int, help="tokens per input (default: the fine-tuning --max-len)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--question", help="question-answering checkpoint: the question (with --context)")
+    p.add_argument("--context", help="question-answering checkpoint: the text holding the answer")
 
 
 def read_inputs(path):
@@ -47,6 +49,21 @@ def read_inputs(path):
     return texts, (texts_b if b is not None else None)
 
 
+def _answer(model, args):
+    """A question-answering checkpoint: one JSON object {text, start, end, score}."""
+    import json
+
+    from ..errors import BertkitError
+
+    if type(model).__name__ != "BertForQuestionAnswering" or any(
+            m.startswith("qa_outputs.") for m in model.load_report["missing"]):
+        raise BertkitError(f"--model {args.model}: not a question-answering checkpoint; --question/--context need one")
+    if args.question is None or args.context is None or args.texts or args.file:
+        raise BertkitError("give both --question Q and --context C, and no TEXT or --file")
+    print(json.dumps(model.answer(args.question, args.context), ensure_ascii=False))
+    return 0
+
+
 def run(args):
     import json
     import sys
@@ -54,11 +71,15 @@ def run(args):
     from ..checkpoint import load
     from ..errors import BertkitError
 
+    if args.question is not None or args.context is not None:
+        return _answer(load(args.model), args)
     if args.file and args.texts:
         raise BertkitError("give either TEXT [TEXT_B] or --file, not both")
     if not args.file and not args.texts:
         raise BertkitError("give one TEXT, a pair TEXT TEXT_B, or --file F.tsv")
     model = load(args.model)
+    if type(model).__name__ == "BertForQuestionAnswering":
+        raise BertkitError(f"--model {args.model} answers questions: give --question Q --context C")
     if type(model).__name__ == "BertForTokenClassification":
         return predict_entities(model, args)
     if not args.file and len(args.texts) > 2:

@@ -1,0 +1,40 @@
+"""One question about one context, with a question-answering checkpoint.
+
+    model = bertkit.load("squad-model/")
+    model.answer("Who wrote it?", "It was written by Ada in 1843.")
+    # {"text": "Ada", "start": 18, "end": 21, "score": 0.93}
+
+`start`/`end` are character offsets into `context` (context[start:end] == text); `score` is the
+answer's probability among the n-best candidates. A SQuAD 2.0 model answers "" (start and end
+None) when its null score beats the best span by more than the checkpoint's tuned threshold.
+"""
+
+from __future__ import annotations
+
+from ..errors import BertkitError
+from .features import make_features
+from .inference import window_logits
+from .job import SquadConfig
+from .postprocess import answer_example
+from .squad_data import SquadExample
+
+
+def answer(model, question: str, context: str, threshold: float | None = None, **settings) -> dict:
+    """{"text", "start", "end", "score"}; `settings` override the checkpoint's saved feature options
+    (max_seq_length, doc_stride, max_query_length, n_best_size, max_answer_length, version_2)."""
+    for name, value in (("question", question), ("context", context)):
+        if not isinstance(value, str):
+            raise BertkitError(f"{name}: expected a string, got {type(value).__name__}")
+        if not value.strip():
+            raise BertkitError(f"{name}: empty {name}")
+    if getattr(model, "tokenizer", None) is None:
+        raise BertkitError("this model has no tokenizer (load it with bertkit.load from a checkpoint with vocab.txt)")
+    c = SquadConfig(null_score_diff_threshold=threshold, **settings).resolved(getattr(model, "info", None) or {})
+    example = SquadExample("q", question, context, [], where="input")
+    features = make_features([example], model.tokenizer, max_seq_length=c.max_seq_length, doc_stride=c.doc_stride,
+                             max_query_length=c.max_query_length)
+    logits = window_logits(model, features, batch_size=c.eval_batch_size, progress=False)
+    a = answer_example(example, features.context_spans[0], list(range(len(features))), features, logits,
+                       n_best_size=c.n_best_size, max_answer_length=c.max_answer_length, version_2=c.version_2,
+                       threshold=c.null_score_diff_threshold)
+    return {"text": a.text, "start": a.start, "end": a.end, "score": a.probability}

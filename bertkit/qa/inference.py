@@ -1,0 +1,38 @@
+"""Start and end logits of every window, batched by length."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from ..train.finetune import sorted_batches
+from .features import Features
+
+
+@torch.no_grad()
+def window_logits(model, features: Features, batch_size: int = 64, progress: bool = True,
+                  desc: str = "predict") -> list[tuple[np.ndarray, np.ndarray]]:
+    """(start logits, end logits) of each window, each (window length,) float32, in window order.
+
+    Windows of similar length share a batch, so there is little padding (and bertkit's encoder skips
+    what there is)."""
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    out: list = [None] * len(features)
+    batches = sorted_batches(features.lengths, batch_size)
+    with tqdm(total=len(features), desc=desc, unit="window", disable=not progress, file=sys.stderr,
+              dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0) as bar:
+        for rows in batches:
+            ids, segs, lens = features.batch(rows)
+            start, end = model(ids, segs, lens)
+            start, end = start.float().numpy(), end.float().numpy()
+            for r, i in enumerate(rows):
+                n = features.lengths[i]
+                out[i] = (start[r, :n].copy(), end[r, :n].copy())
+            bar.update(len(rows))
+    model.train(was_training)
+    return out

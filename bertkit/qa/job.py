@@ -1,0 +1,225 @@
+"""`bertkit squad`: fine-tune a span-extraction head on a SQuAD file, predict another, score it.
+
+    from bertkit.qa.job import SquadConfig, run_squad
+    results = run_squad("all-minilm-l6-v2", "out/", train_file="train.json", predict_file="dev.json")
+
+`out` receives the fine-tuned checkpoint (when training; transformers' BertForQuestionAnswering
+loads it), `metrics.jsonl`, `predictions.json`, `nbest_predictions.json`, for SQuAD 2.0
+`null_odds.json`, and when the predict file has answers `eval_results.json` (the official script's
+keys). For SQuAD 2.0 with answers, the null threshold that maximises F1 on the predict file is
+found, `predictions_best_threshold.json` is written with it, and a checkpoint trained here keeps it
+in `bertkit.json` (`null_score_diff_threshold`) as the default for later predictions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import BertkitError
+from ..train.finetune import _peak_rss_mb
+from .features import make_features
+from .inference import window_logits
+from .metric import evaluate
+from .postprocess import answer_all, with_threshold
+from .squad_data import SquadDataWarning, read_squad
+from .train import train_spans
+
+# Feature and answer settings a QA checkpoint remembers (bertkit.json) for later predictions.
+REMEMBERED = ("version_2", "max_seq_length", "doc_stride", "max_query_length", "n_best_size", "max_answer_length")
+DEFAULTS = {"version_2": False, "max_seq_length": 384, "doc_stride": 128, "max_query_length": 64,
+            "n_best_size": 20, "max_answer_length": 30}
+
+
+@dataclass
+class SquadConfig:
+    # None: the QA checkpoint's saved value when predicting with one, else DEFAULTS
+    version_2: bool | None = None
+    max_seq_length: int | None = None
+    doc_stride: int | None = None
+    max_query_length: int | None = None
+    n_best_size: int | None = None
+    max_answer_length: int | None = None
+    null_score_diff_threshold: float | None = None  # None: the checkpoint's tuned one, else 0
+    epochs: int = 2
+    lr: float = 5e-5
+    batch_size: int = 32
+    accumulate: int = 1
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    max_train_examples: int | None = None
+    eval_batch_size: int = 64
+    log_every: int = 20
+    progress: bool = True
+
+    def resolved(self, info: dict) -> "SquadConfig":
+        """A copy with every None setting taken from a checkpoint's bertkit.json, else the default."""
+        c = dataclasses.replace(self)
+        for name in REMEMBERED:
+            if getattr(c, name) is None:
+                setattr(c, name, info.get(name, DEFAULTS[name]))
+        if c.null_score_diff_threshold is None:
+            c.null_score_diff_threshold = float(info.get("null_score_diff_threshold", 0.0))
+        for name in ("max_seq_length", "doc_stride", "max_query_length", "n_best_size", "max_answer_length",
+                     "epochs", "batch_size", "accumulate", "eval_batch_size", "log_every"):
+            if int(getattr(c, name)) < 1:
+                raise BertkitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
+        if not 0 <= c.warmup_ratio < 1:
+            raise BertkitError(f"--warmup-ratio must be in [0, 1), got {c.warmup_ratio}")
+        if c.max_train_examples is not None and c.max_train_examples < 1:
+            raise BertkitError(f"--max-train-examples must be at least 1, got {c.max_train_examples}")
+        return c
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def load_qa_model(model_name: str, training: bool):
+    """The model to train (any BERT checkpoint; a missing QA head starts fresh) or to predict with
+    (it must be a question-answering checkpoint)."""
+    from ..checkpoint import load
+    from ..model import BertForQuestionAnswering
+
+    if training:
+        model = load(model_name, head="question_answering")
+    else:
+        model = load(model_name)
+        head = model.info.get("head") or type(model).__name__
+        if not isinstance(model, BertForQuestionAnswering) or any(
+                m.startswith("qa_outputs.") for m in model.load_report["missing"]):
+            raise BertkitError(
+                f"--model {model_name}: not a question-answering checkpoint (its head: {head}); "
+                f"pass --train FILE to fine-tune one")
+    if model.tokenizer is None:
+        raise BertkitError(f"--model {model_name}: the checkpoint has no vocabulary (vocab.txt)")
+    return model
+
+
+def run_squad(model_name: str, out, train_file=None, predict_file=None, config: SquadConfig | None = None,
+              quiet: bool = False) -> dict:
+    """Train (if `train_file`), then predict and score (if `predict_file`). Returns the results dict."""
+    from ..checkpoint import save
+
+    if train_file is None and predict_file is None:
+        raise BertkitError("nothing to do: give --train FILE, --predict FILE, or both")
+    wall_start = time.perf_counter()
+    model = load_qa_model(model_name, training=train_file is not None)
+    saved = {} if train_file is not None else model.info
+    config = (config or SquadConfig()).resolved(saved)
+    max_positions = model.config.max_position_embeddings
+    if config.max_seq_length > max_positions:
+        raise BertkitError(f"--max-seq-length {config.max_seq_length} exceeds the model's {max_positions} positions")
+    tokenizer = model.tokenizer
+    feature_options = dict(max_seq_length=config.max_seq_length, doc_stride=config.doc_stride,
+                           max_query_length=config.max_query_length, version_2=config.version_2)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = open(out / "metrics.jsonl", "w", encoding="utf-8")
+
+    def log(row):
+        metrics.write(json.dumps(row) + "\n")
+        metrics.flush()
+
+    results: dict = {}
+    info = dict(saved)
+    try:
+        if train_file is not None:
+            data = read_squad(train_file, config.version_2, training=True)
+            examples = data.examples
+            if config.max_train_examples is not None and config.max_train_examples < len(examples):
+                keep = np.sort(np.random.default_rng(config.seed).permutation(len(examples))[: config.max_train_examples])
+                examples = [examples[i] for i in keep]
+            features = make_features(examples, tokenizer, training=True, **feature_options)
+            _log(f"squad train: {len(examples)} questions -> {len(features)} windows "
+                 f"(max {config.max_seq_length} tokens, stride {config.doc_stride}); {config.epochs} epoch(s), "
+                 f"batch {config.batch_size * config.accumulate}, lr {config.lr}", quiet)
+            epochs = train_spans(
+                model, features, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                accumulate=config.accumulate, warmup_ratio=config.warmup_ratio, weight_decay=config.weight_decay,
+                max_grad_norm=config.max_grad_norm, seed=config.seed, log=log, log_every=config.log_every,
+                progress=config.progress and not quiet)
+            skipped = {**data.skipped, **features.skipped}
+            info = {"head": "question_answering", "task": "squad",
+                    **{name: getattr(config, name) for name in REMEMBERED},
+                    "null_score_diff_threshold": config.null_score_diff_threshold,
+                    "hyperparameters": dataclasses.asdict(config), "base_model": str(model_name),
+                    "train_file": str(train_file), "train_questions": len(examples), "train_windows": len(features)}
+            save(model, out, tokenizer, info=info)
+            results.update({"train_questions": len(examples), "train_windows": len(features),
+                            "train_skipped": skipped, "epochs": epochs,
+                            "train_seconds_per_epoch": [e["train_seconds"] for e in epochs]})
+        if predict_file is not None:
+            results.update(_predict(model, tokenizer, predict_file, config, feature_options, out, log, quiet))
+            tuned = results.get("best_f1_thresh")
+            if train_file is not None and tuned is not None:
+                info["null_score_diff_threshold"] = tuned  # later predictions default to the tuned threshold
+                info["null_score_diff_threshold_source"] = f"best F1 on {predict_file}"
+                (out / "bertkit.json").write_text(json.dumps(info, indent=2) + "\n")
+    finally:
+        metrics.close()
+    results.update({"model": str(model_name), "hyperparameters": dataclasses.asdict(config),
+                    "wall_seconds": round(time.perf_counter() - wall_start, 2),
+                    "torch_threads": torch.get_num_threads(), "peak_rss_mb": _peak_rss_mb()})
+    if "exact" in results:
+        (out / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _predict(model, tokenizer, predict_file, config: SquadConfig, feature_options, out: Path, log, quiet) -> dict:
+    data = read_squad(predict_file, config.version_2, training=False)
+    if not data.has_answers:
+        warnings.warn(f"{predict_file}: no answers in the file: writing predictions only, no evaluation",
+                      SquadDataWarning, stacklevel=2)
+    features = make_features(data.examples, tokenizer, training=False, **feature_options)
+    _log(f"squad predict: {len(data.examples)} questions -> {len(features)} windows", quiet)
+    t0 = time.perf_counter()
+    logits = window_logits(model, features, config.eval_batch_size, progress=config.progress and not quiet)
+    forward_seconds = time.perf_counter() - t0
+    answers = answer_all(data.examples, features, logits, n_best_size=config.n_best_size,
+                         max_answer_length=config.max_answer_length, version_2=config.version_2,
+                         threshold=config.null_score_diff_threshold)
+    predict_seconds = time.perf_counter() - t0
+    qids = [ex.qid for ex in data.examples]
+    predictions = {q: a.text for q, a in zip(qids, answers)}
+    _write_json(out / "predictions.json", predictions)
+    _write_json(out / "nbest_predictions.json", {q: a.nbest for q, a in zip(qids, answers)})
+    null_odds = None
+    if config.version_2:
+        null_odds = {q: a.null_odds for q, a in zip(qids, answers)}
+        _write_json(out / "null_odds.json", null_odds)
+    results = {"predict_file": str(predict_file), "predict_questions": len(qids), "predict_windows": len(features),
+               "predict_forward_seconds": round(forward_seconds, 2), "predict_seconds": round(predict_seconds, 2),
+               "predict_windows_per_s": round(len(features) / forward_seconds, 2),
+               "null_score_diff_threshold": config.null_score_diff_threshold if config.version_2 else None}
+    if data.has_answers:
+        dataset = json.loads(Path(predict_file).read_text(encoding="utf-8"))["data"]
+        # The predictions are already cut at the threshold; the official sweep then finds the best one.
+        scores = evaluate(dataset, predictions, null_odds, na_prob_thresh=config.null_score_diff_threshold
+                          if config.version_2 else 1.0)
+        results = {**scores, **results}
+        if config.version_2:
+            best = scores["best_f1_thresh"]
+            best_predictions = dict(zip(qids, with_threshold(answers, best)))
+            _write_json(out / "predictions_best_threshold.json", best_predictions)
+            at_best = evaluate(dataset, best_predictions, null_odds, na_prob_thresh=best)
+            results["at_best_f1_thresh"] = {k: v for k, v in at_best.items() if not k.startswith("best_")}
+        log({"predict": str(predict_file), **{k: v for k, v in scores.items()}})
+        _log("squad eval: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()
+                                        if k in ("exact", "f1", "best_exact", "best_f1")), quiet)
+    return results
