@@ -10,6 +10,8 @@ batches shuffled again, so padding is small yet every epoch sees a new order. Af
 dev set is scored with the task's metrics; the weights of the best epoch (by the task's main
 metric on its first dev split) are what `out` holds at the end, as a checkpoint directory that
 bertkit and transformers load, with `eval_results.json` and `metrics.jsonl` beside it.
+The loop (`train_epochs`) and the saving of a run (`write_run`) are shared with token
+classification (tagging/train.py), which brings its own data, loss and metric.
 """
 
 from __future__ import annotations
