@@ -2,7 +2,8 @@
 
 Only what bertkit reads is fetched: `config.json`; the weights (`model.safetensors`, or its sharded
 index and shards, else `pytorch_model.bin`: one of them, never both); `vocab.txt` (else
-`tokenizer.json`) and `tokenizer_config.json` for the casing. Never code. Files land in the cache
+`tokenizer.json`), `tokenizer_config.json` for the casing, and `bertkit.json` (head and labels) when
+bertkit wrote the checkpoint. Never code. Files land in the cache
 that transformers uses too ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub), with
 huggingface_hub's progress bars; each file is written to a temporary name and renamed when complete,
 so an interrupted download leaves no half-written file behind (the next attempt fetches it again).
@@ -77,7 +78,8 @@ def files_to_fetch(repo: str, files: list[str]) -> list[str]:
             + (f"; it has {', '.join(other)}" if other else "")
         )
     vocab = ["vocab.txt"] if "vocab.txt" in names else ["tokenizer.json"] if "tokenizer.json" in names else []
-    extra = [f for f in ("tokenizer_config.json",) if f in names]
+    # The casing, and bertkit's own notes (head, labels) when bertkit wrote the checkpoint.
+    extra = [f for f in ("tokenizer_config.json", "bertkit.json") if f in names]
     return ["config.json", *weights, *vocab, *extra]
 
 
@@ -104,6 +106,8 @@ def download(repo: str, revision: str = "main", label: str | None = None) -> Pat
     failures = (OSError, getattr(huggingface_hub.errors, "HTTPError", OSError))
     endpoint = os.environ.get("HF_ENDPOINT") or None
     cache = hf_cache_dir()
+    # huggingface_hub logs each retry of a broken transfer; the one-line error below says what happened.
+    huggingface_hub.utils.logging.set_verbosity_error()
     try:
         info = HfApi(endpoint=endpoint).model_info(repo, revision=revision)
         files = files_to_fetch(repo, [s.rfilename for s in info.siblings or []])
