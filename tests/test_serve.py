@@ -243,9 +243,10 @@ def _flood(server, bodies, start_event=None):
 
 
 def test_overload_gives_503_while_accepted_requests_complete(servers, ckpts, emb, sst2_dev):
-    server = _server(servers, "small-queue", ckpts["encoder"], "--max-batch-size", "2", "--max-wait-ms", "300",
-                     "--max-queue", "4")
-    bodies = [{"input": sst2_dev[2 * i:2 * i + 2]} for i in range(24)]
+    server = _server(servers, "small-queue", ckpts["encoder"], "--max-batch-size", "2", "--max-queue", "16",
+                     "--max-client-batch-size", "16")
+    # 24 clients at once, 16 inputs each: the queue holds one request's inputs, the model takes 2 at a time
+    bodies = [{"input": sst2_dev[16 * i:16 * i + 16]} for i in range(24)]
     go = threading.Event()
     threads, results = _flood(server, bodies, go)
     go.set()
@@ -263,20 +264,22 @@ def test_overload_gives_503_while_accepted_requests_complete(servers, ckpts, emb
 
 
 def test_sigterm_under_load_answers_every_accepted_request(ckpts, emb, sst2_dev):
-    server = Server(ckpts["encoder"], "--max-batch-size", "64", "--max-wait-ms", "1500")
+    server = Server(ckpts["encoder"], "--max-batch-size", "2", "--max-client-batch-size", "16")
     try:
-        bodies = [{"input": [sst2_dev[100 + i]]} for i in range(12)]
+        bodies = [{"input": sst2_dev[16 * i:16 * i + 16]} for i in range(12)]
         threads, results = _flood(server, bodies)
         deadline = time.monotonic() + 30
-        while server.request("GET", "/info")[2]["queued"] < 12:  # all 12 accepted and waiting for their batch
+        while (info := server.request("GET", "/info")[2])["accepted"] < 16 * 12:  # every request is in
             assert time.monotonic() < deadline
-            time.sleep(0.02)
+            time.sleep(0.005)
         server.proc.send_signal(signal.SIGTERM)
+        assert info["queued"] > 0  # the signal came while accepted inputs were still waiting for the model
         for t in threads:
             t.join(60)
         for (status, _, body), request in zip(results, bodies):
             assert status == 200
-            assert np.abs(np.array(body["data"][0]["embedding"]) - emb.sentence_vectors(request["input"])[0]).max() < 1e-6
+            got = np.array([d["embedding"] for d in body["data"]])
+            assert np.abs(got - emb.sentence_vectors(request["input"])).max() < 1e-6
         server.proc.wait(30)
         assert "every accepted request was answered" in server.proc.stderr.read()
         with pytest.raises(OSError):

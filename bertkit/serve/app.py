@@ -132,11 +132,13 @@ def create_app(backend, batcher: DynamicBatcher, model_name: str, max_client_bat
                     raise Problem(413, f"{field}[{i}] is longer than the limit of {max_len} tokens", f"{field}[{i}]")
         return out
 
-    async def run(encodings: list, task: str) -> list:
+    def submit(encodings: list, task: str) -> list:
         try:
-            futures = batcher.submit(encodings, task)
+            return batcher.submit(encodings, task)
         except QueueFull as e:
             raise Problem(503, f"server overloaded: {e}; retry later", kind="overloaded") from None
+
+    async def results(futures: list) -> list:
         try:
             return list(await asyncio.gather(*futures))
         except BertkitError as e:
@@ -157,7 +159,7 @@ def create_app(backend, batcher: DynamicBatcher, model_name: str, max_client_bat
     async def info():
         out = {"model_id": model_name, **backend.describe(), "max_client_batch_size": max_client_batch_size,
                "max_batch_size": batcher.max_batch_size, "max_wait_ms": batcher.max_wait * 1000,
-               "max_queue": batcher.max_queue, "queued": batcher.queued(), "batches_run": batcher.batches_run, "inputs_run": batcher.inputs_run}
+               "max_queue": batcher.max_queue, "queued": batcher.queued(), "accepted": batcher.accepted, "batches_run": batcher.batches_run, "inputs_run": batcher.inputs_run}
         if backend.head == "encoder":
             out["embedding"] = {"pooling": backend.recipe.pooling, "normalize": backend.recipe.normalize,
                                 "max_input_length": backend.embedding_max_len}
@@ -165,14 +167,16 @@ def create_app(backend, batcher: DynamicBatcher, model_name: str, max_client_bat
 
     @app.post("/v1/embeddings")
     async def openai_embeddings(request: Request):
-        body = await body_of(request)
-        need_head("/v1/embeddings", "encoder")
-        fmt = body.get("encoding_format", "float")
-        if fmt not in ("float", "base64"):
-            raise Problem(422, f"field 'encoding_format' must be 'float' or 'base64', got {fmt!r}", "encoding_format")
-        texts = texts_of(body, "input")
-        encodings = encode("input", texts, backend.embedding_max_len)
-        vectors = await run(encodings, "embed")
+        with batcher.arriving():
+            body = await body_of(request)
+            need_head("/v1/embeddings", "encoder")
+            fmt = body.get("encoding_format", "float")
+            if fmt not in ("float", "base64"):
+                raise Problem(422, f"field 'encoding_format' must be 'float' or 'base64', got {fmt!r}", "encoding_format")
+            texts = texts_of(body, "input")
+            encodings = encode("input", texts, backend.embedding_max_len)
+            futures = submit(encodings, "embed")
+        vectors = await results(futures)
         dims = body.get("dimensions")
         if dims is not None and dims != len(vectors[0]):
             raise Problem(422, f"field 'dimensions' is {dims!r}; this model's vectors have {len(vectors[0])}", "dimensions")
@@ -185,26 +189,30 @@ def create_app(backend, batcher: DynamicBatcher, model_name: str, max_client_bat
 
     @app.post("/embed")
     async def tei_embed(request: Request):
-        body = await body_of(request)
-        need_head("/embed", "encoder")
-        flags = {}
-        for flag, default in (("normalize", True), ("truncate", False)):
-            flags[flag] = body.get(flag, default)
-            if not isinstance(flags[flag], bool):
-                raise Problem(422, f"field {flag!r} must be true or false, got {_json_type(flags[flag])}", flag)
-        texts = texts_of(body, "inputs")
-        encodings = encode("inputs", texts, backend.embedding_max_len, truncate=flags["truncate"])
-        vectors = await run(encodings, "embed" if flags["normalize"] else "embed_raw")
+        with batcher.arriving():
+            body = await body_of(request)
+            need_head("/embed", "encoder")
+            flags = {}
+            for flag, default in (("normalize", True), ("truncate", False)):
+                flags[flag] = body.get(flag, default)
+                if not isinstance(flags[flag], bool):
+                    raise Problem(422, f"field {flag!r} must be true or false, got {_json_type(flags[flag])}", flag)
+            texts = texts_of(body, "inputs")
+            encodings = encode("inputs", texts, backend.embedding_max_len, truncate=flags["truncate"])
+            futures = submit(encodings, "embed" if flags["normalize"] else "embed_raw")
+        vectors = await results(futures)
         if flags["normalize"] and not backend.recipe.normalize:
             vectors = [v / max(float(np.linalg.norm(v)), 1e-12) for v in vectors]
         return [v.tolist() for v in vectors]
 
     @app.post("/predict")
     async def predict(request: Request):
-        body = await body_of(request)
-        need_head("/predict", "classification", "regression")
-        items = texts_of(body, "inputs", pairs=True)
-        return await run(encode("inputs", items, backend.max_len), "predict")
+        with batcher.arriving():
+            body = await body_of(request)
+            need_head("/predict", "classification", "regression")
+            items = texts_of(body, "inputs", pairs=True)
+            futures = submit(encode("inputs", items, backend.max_len), "predict")
+        return await results(futures)
 
     @app.post("/answer")
     async def answer(request: Request):

@@ -1,10 +1,13 @@
 """Dynamic batching: inputs from concurrent requests share one forward pass.
 
 Request handlers (on the event loop) `submit` their tokenized inputs and await one future per
-input. A single worker thread owns the model: it takes the oldest waiting input, waits up to
-`max_wait_ms` for more to arrive (or until `max_batch_size` are there), then runs a batch of up to
-`max_batch_size` inputs of similar length (the oldest input and its nearest neighbours in length,
-so nobody starves and little padding is computed), and hands each result back to its request.
+input. A single worker thread owns the model: it takes the oldest waiting input and, while other
+requests are on their way in (being read and tokenized: `arriving()`), waits up to `max_wait_ms`
+for them (or until `max_batch_size` inputs are there); a lone request runs at once, so batching
+costs nothing at low load. Inputs that queue up while the model is busy join the next batch. A
+batch is up to `max_batch_size` inputs of similar length (the oldest input and its nearest
+neighbours in length, so nobody starves and little padding is computed); each result goes back to
+its own request.
 
 The queue is bounded: a request whose inputs do not all fit is refused at once (`QueueFull`, the
 server's 503), so accepted work always completes. Work that must run alone on the model (a QA
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -44,12 +48,26 @@ class DynamicBatcher:
         self.pending: list[_Item] = []
         self.cond = threading.Condition()
         self.closing = False
-        self.batches_run = 0  # for /info and tests: how many forward passes served the requests
+        self.arriving_requests = 0  # requests being read and tokenized, not yet submitted
+        self.accepted = 0  # inputs ever accepted into the queue; with the two below, for /info and tests
+        self.batches_run = 0
         self.inputs_run = 0
         self.thread = threading.Thread(target=self._work, name="bertkit-batcher", daemon=True)
         self.thread.start()
 
     # ---- event-loop side ----------------------------------------------------------------------
+    @contextmanager
+    def arriving(self):
+        """Around a request's reading and tokenizing: the worker may wait for it to join a batch."""
+        with self.cond:
+            self.arriving_requests += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.arriving_requests -= 1
+                self.cond.notify()
+
     def submit(self, encodings: list, task: str) -> list[asyncio.Future]:
         loop = asyncio.get_running_loop()
         items = [_Item(len(e), e, task, loop.create_future(), loop) for e in encodings]
@@ -69,6 +87,7 @@ class DynamicBatcher:
             if len(self.pending) + len(items) > self.max_queue:
                 raise QueueFull(f"{len(self.pending)} inputs are waiting (queue limit {self.max_queue})")
             self.pending.extend(items)
+            self.accepted += len(items)
             self.cond.notify()
 
     def queued(self) -> int:
@@ -89,7 +108,8 @@ class DynamicBatcher:
                     return None
                 self.cond.wait()
             deadline = self.pending[0].arrived + self.max_wait
-            while len(self.pending) < self.max_batch_size and not self.closing and self.pending[0].task != "call":
+            while (len(self.pending) < self.max_batch_size and self.arriving_requests > 0 and not self.closing
+                   and self.pending[0].task != "call"):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
