@@ -8,8 +8,10 @@ sentences); nothing here imports MXNet or TensorFlow.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +192,12 @@ def test_load_converts_each_source_form_once(tmp_path):
     assert (directory / "model.safetensors").stat().st_mtime_ns == stamp  # the second load reused it
     tf_dirs = {bertkit.load(s).load_report["directory"] for s in (TF, TF / "bert_model.ckpt", TF / "bert_model.ckpt.index")}
     assert len(tf_dirs) == 1
+    # A changed source (here: a vocabulary beside the file, newer) is converted anew.
+    folder = tmp_path / "gluon"
+    shutil.copytree(GLUON_PRE, folder)
+    first = bertkit.load(folder / "model.params").load_report["directory"]
+    os.utime(folder / "vocab.json", ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert bertkit.load(folder / "model.params").load_report["directory"] != first
     assert json.loads((directory / "bertkit.json").read_text())["converted_from"]["format"] == "gluonnlp"
 
 

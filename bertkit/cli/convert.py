@@ -18,13 +18,15 @@ def add_arguments(p):
 
 
 def run(args):
-    from ..zoo.convert import convert, read_source
+    from ..zoo.convert import check_out, read_source, write_converted
     from ..zoo.source import Options
 
     options = Options(vocab=args.vocab, shape=args.shape, hparams=args.hparams, config=args.config, cased=args.cased,
                       labels=args.labels.split(",") if args.labels else None)
-    out = convert(args.source, args.out, options, overwrite=args.overwrite)
-    c = read_source(args.source, options)  # for the summary (cheap next to the conversion)
+    out = Path(args.out)
+    check_out(out, args.overwrite)
+    c = read_source(args.source, options)
+    write_converted(c, out)
     cfg = c.config
     print(f"{c.source} -> {out}")
     print(f"  {c.info['converted_from']['format']} checkpoint, {c.head} head, {len(c.tensors)} tensors; shape from {c.config_from}: "

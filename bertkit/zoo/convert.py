@@ -55,12 +55,18 @@ def read_source(source: str | Path, options: Options | None = None) -> Converted
 def convert(source: str | Path, out: str | Path, options: Options | None = None, overwrite: bool = False) -> Path:
     """Convert `source` into the checkpoint directory `out`; returns `out`."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise BertkitError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
-    converted = read_source(source, options)
-    model = to_model(converted)
-    _write(model, converted, out)
+    check_out(out, overwrite)
+    write_converted(read_source(source, options), out)
     return out
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise BertkitError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
+
+
+def write_converted(c: Converted, out: Path) -> None:
+    _write(to_model(c), c, out)
 
 
 def to_model(c: Converted):
@@ -96,6 +102,19 @@ def to_model(c: Converted):
     return model
 
 
+def _input_files(source: Path, options: Options) -> list[Path]:
+    """Every file a conversion of `source` may read: the weights, and what may sit beside them."""
+    named = [options.vocab, options.hparams, options.config]
+    if detect(source) == "gluonnlp":
+        beside = [p for p in source.parent.iterdir() if p.suffix in (".vocab", ".spiece") or p.name in ("vocab.json", "hparams.json")]
+        files = [source, *beside]
+    else:
+        prefix = checkpoint_prefix(source)
+        files = [Path(str(prefix) + ".index"), *prefix.parent.glob(prefix.name + ".data-*"),
+                 prefix.parent / "bert_config.json", prefix.parent / "vocab.txt"] if prefix else [source]
+    return sorted({Path(p) for p in [*files, *named] if p is not None and Path(p).is_file()})
+
+
 def _write(model, c: Converted, out: Path) -> None:
     from ..checkpoint import save
     from ..tokenizer import BertTokenizer, require_special_tokens
@@ -114,20 +133,24 @@ def cache_root() -> Path:
 
 
 def converted_for_loading(source: str | Path, options: Options | None = None) -> Path:
-    """A checkpoint directory converted from `source`, made once and kept in the cache."""
+    """A checkpoint directory converted from `source`, made once and kept in the cache. The cache key is
+    the options and the paths, sizes and modification times of every file the conversion may read, so a
+    cached conversion is found without reading the source again, and a changed file is converted anew."""
     options = options or Options()
-    converted = read_source(source, options)  # reads and checks every file; cheap next to loading the model
     key = hashlib.sha256(repr(options).encode())
-    for p in sorted({converted.source, converted.vocab_file, *map(Path, converted.info.get("inputs", []))}):
-        st = Path(p).stat()
-        key.update(f"{Path(p).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    out = cache_root() / "converted" / f"{converted.source.name.split('.')[0]}-{key.hexdigest()[:16]}"
+    for p in _input_files(Path(source), options):
+        st = p.stat()
+        key.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    weights = checkpoint_prefix(source) if detect(source) == "tensorflow" else Path(source)
+    stem = weights.name.split(".")[0] or "checkpoint"
+    out = cache_root() / "converted" / f"{stem}-{key.hexdigest()[:16]}"
     if (out / "model.safetensors").is_file():
         return out
+    converted = read_source(source, options)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write(to_model(converted), converted, tmp)
+        write_converted(converted, tmp)
         os.replace(tmp, out)  # a directory appears whole or not at all
     except OSError:
         if not (out / "model.safetensors").is_file():  # another process may have won the race
