@@ -46,11 +46,14 @@ def empty_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("BERTKIT_CACHE", str(tmp_path / "bertkit"))
 
 
-def fake_snapshot(tmp_path: Path, repo: str) -> Path:
+def fake_snapshot(tmp_path: Path, repo: str, lowercase: bool | None = None) -> Path:
+    """A cached snapshot with the files `resolve` looks for (their contents do not matter to it)."""
     folder = tmp_path / "hf" / ("models--" + repo.replace("/", "--"))
     snapshot = folder / "snapshots" / ("ab" * 20)
     snapshot.mkdir(parents=True)
     (snapshot / "config.json").write_text("{}")
+    if lowercase is not None:
+        (snapshot / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": lowercase}))
     (snapshot / "model.safetensors").write_bytes(b"")
     (folder / "refs").mkdir()
     (folder / "refs" / "main").write_text("ab" * 20)
@@ -82,13 +85,13 @@ def test_name_resolves_to_its_hub_repository_and_says_what_to_fetch_offline(name
     assert message == (f"{name} (Hub repository {repo}) is not on this machine and downloads are off (HF_HUB_OFFLINE is "
                        f"set, or --offline); fetch it on a machine with network with `bertkit zoo --fetch {name}`, "
                        f"which puts it in {folder}")
-    snapshot = fake_snapshot(tmp_path, repo)
+    snapshot = fake_snapshot(tmp_path, repo, lowercase=not ZOO[name].cased)
     assert bertkit.resolve(name) == snapshot
     assert bertkit.resolve(model, dataset=dataset) == snapshot
 
 
 def test_old_hub_ids_are_aliases(tmp_path):
-    snapshot = fake_snapshot(tmp_path, "google-bert/bert-base-multilingual-cased")
+    snapshot = fake_snapshot(tmp_path, "google-bert/bert-base-multilingual-cased", lowercase=False)
     assert bertkit.resolve("bert-base-multilingual-cased") == snapshot
     assert lookup("bert-large-uncased").name == "bert_24_1024_16/book_corpus_wiki_en_uncased"
 
@@ -126,3 +129,18 @@ def test_cli_zoo_lists_every_name(tmp_path):
     assert table[0].split()[:2] == ["NAME", "L"] and len(table) == 1 + len(EXPECTED) + 2
     line = next(t for t in table if t.startswith("bert_12_768_12/wiki_cn_cased "))
     assert line.split()[1:8] == ["12", "768", "12", "102M", "cased", "yes", "google-bert/bert-base-chinese;"]
+
+
+def test_cased_model_without_casing_in_its_repository(tmp_path):
+    # dmis-lab/biobert-v1.1 ships no tokenizer_config.json; the zoo knows it is cased.
+    snapshot = fake_snapshot(tmp_path, "dmis-lab/biobert-v1.1")
+    (snapshot / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nCell\n")
+    directory = bertkit.resolve("bert_12_768_12/biobert_v1.1_pubmed_cased")
+    assert directory.parent == tmp_path / "bertkit" / "zoo"
+    assert json.loads((directory / "tokenizer_config.json").read_text())["do_lower_case"] is False
+    assert (directory / "vocab.txt").resolve() == (snapshot / "vocab.txt").resolve()
+    assert not (snapshot / "tokenizer_config.json").exists()  # the Hugging Face cache is left as it was
+    assert bertkit.BertTokenizer.from_dir(directory).tokenize("Cell") == ["Cell"]
+    # An uncased model, or one whose repository says its casing, is used straight from the cache.
+    uncased = fake_snapshot(tmp_path, "google/bert_uncased_L-2_H-128_A-2")
+    assert bertkit.resolve("bert_2_128_2/uncased") == uncased

@@ -11,12 +11,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 
 from ..errors import BertkitError
-from .convert import converted_for_loading, detect
+from ..textio import read_json
+from ..tokenizer import saved_casing
+from .convert import cache_root, converted_for_loading, detect
 from .hub import download, is_complete, local_snapshot
 from .names import ZooEntry, lookup
 from .source import Options
@@ -63,11 +66,11 @@ def gluonnlp_files(entry: ZooEntry) -> tuple[Path, Path] | None:
 
 def resolve_entry(entry: ZooEntry) -> Path:
     if entry.repo and (snapshot := local_snapshot(entry.repo)) is not None:
-        return snapshot
+        return with_casing(snapshot, entry)
     if files := gluonnlp_files(entry):
         return converted_for_loading(files[0], Options(vocab=files[1], shape=entry.model, cased=entry.cased))
     if entry.repo:
-        return download(entry.repo, label=entry.name)
+        return with_casing(download(entry.repo, label=entry.name), entry)
     if entry.dataset.startswith("kobert"):
         raise BertkitError(f"{entry.name}: {entry.note}")
     folder = mxnet_home() / "models"
@@ -77,6 +80,27 @@ def resolve_entry(entry: ZooEntry) -> Path:
         f"{entry.dataset}-{entry.gluonnlp_vocab_sha1}.vocab in {folder} (where gluonnlp.model.get_model downloads them) "
         f"and bertkit converts them"
     )
+
+
+def with_casing(snapshot: Path, entry: ZooEntry) -> Path:
+    """`snapshot` itself if it says how to case its input, or if it is uncased (what a tokenizer assumes
+    when nothing is said). A cased model whose repository has no `do_lower_case` (BioBERT's has no
+    tokenizer_config.json) gets a folder in bertkit's cache linking to the snapshot's files, with a
+    tokenizer_config.json that says cased: the Hugging Face cache itself is left as downloaded."""
+    if saved_casing(snapshot)[0] is not None or not entry.cased:
+        return snapshot
+    overlay = cache_root() / "zoo" / f"{entry.repo.replace('/', '--')}-{snapshot.name[:12]}"
+    config = overlay / "tokenizer_config.json"
+    if not config.is_file():
+        overlay.mkdir(parents=True, exist_ok=True)
+        for f in snapshot.iterdir():
+            if f.name != config.name and not (overlay / f.name).exists():
+                (overlay / f.name).symlink_to(f.resolve())
+        extra = read_json(snapshot / config.name) if (snapshot / config.name).is_file() else {}
+        tmp = config.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({**extra, "do_lower_case": False}, indent=2) + "\n")
+        os.replace(tmp, config)  # written last: its presence means the folder is whole
+    return overlay
 
 
 def entry_status(entry: ZooEntry) -> str:
