@@ -181,6 +181,18 @@ def test_plain_hub_id_and_pytorch_bin_fallback(hub, tmp_path, tiny_checkpoint):
                                                                     "tokenizer_config.json", "vocab.txt"]
 
 
+def test_no_network_is_a_quick_one_line_error(hub, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: the Hub cannot be reached
+    start = time.monotonic()
+    with pytest.raises(bertkit.BertkitError) as e:
+        bertkit.load("bert_2_128_2/uncased")
+    assert time.monotonic() - start < 30
+    cache_folder = tmp_path / "hf-cache" / "models--google--bert_uncased_L-2_H-128_A-2"
+    assert str(e.value).startswith("bert_2_128_2/uncased (Hub repository google/bert_uncased_L-2_H-128_A-2) is not on "
+                                   "this machine and the download failed (ConnectError")
+    assert str(e.value).endswith(f"`bertkit zoo --fetch bert_2_128_2/uncased`, which puts it in {cache_folder}")
+
+
 def test_unknown_repository(hub):
     with pytest.raises(bertkit.BertkitError) as e:
         bertkit.load("nobody/no-such-model")
