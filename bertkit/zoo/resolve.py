@@ -20,14 +20,11 @@ from ..errors import BertkitError
 from ..textio import read_json
 from ..tokenizer import saved_casing
 from .convert import cache_root, converted_for_loading, detect
-from .hub import download, is_complete, local_snapshot
+from .hub import download, is_complete, local_snapshot  # is_complete: checkpoint.resolve checks HF cache entries with it
 from .names import ZooEntry, lookup
 from .source import Options
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-
-__all__ = ["resolve_source", "from_hub", "is_complete", "entry_status", "gluonnlp_files"]
-
 
 def resolve_source(name_or_path: str | Path, dataset: str | None = None) -> Path | None:
     """A checkpoint directory for a convertible file or a zoo name; None for anything else."""
