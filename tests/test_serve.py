@@ -307,3 +307,18 @@ def test_corrupt_or_foreign_model_files_are_a_clear_error(ckpts, tmp_path):
     shutil.copytree(ckpts["encoder"], ckpt)
     (ckpt / "model.safetensors").write_bytes(b"not safetensors at all")
     assert_cli_error(run_cli("serve", "--model", ckpt, "--port", str(free_port())), "model.safetensors", "corrupt")
+
+
+def test_onnx_backend_answers_like_the_pytorch_qa_model(ckpts, tmp_path, mrpc_dev):
+    """/answer on an ONNX export goes through the same SQuAD post-processing as model.answer."""
+    from bertkit.qa.answer import answer
+    from bertkit.serve.backends import ExportBackend
+
+    export(ckpts["question_answering"], "onnx", tmp_path / "qa")
+    backend = ExportBackend(tmp_path / "qa")
+    model = bertkit.load(ckpts["question_answering"])
+    context = " ".join(a for a, _ in mrpc_dev[:30])  # long enough for several windows
+    for question in ("Who said it?", "How much did it cost?"):
+        got, want = backend.answer(question, context), answer(model, question, context)
+        assert (got["text"], got["start"], got["end"]) == (want["text"], want["start"], want["end"])
+        assert got["score"] == pytest.approx(want["score"], abs=1e-4)

@@ -8,6 +8,8 @@ def add_arguments(p):
     p.add_argument("--backend", choices=("torch", "onnx"),
                    help="torch: bertkit's PyTorch model (default for a checkpoint); onnx: ONNX Runtime (a checkpoint "
                         "is exported and verified at start-up). An export directory runs in its own format")
+    p.add_argument("--quantize", choices=("int8",),
+                   help="a checkpoint's Linear layers in dynamic int8 (torch: bertkit's unpadded model; onnx: the export)")
     p.add_argument("--max-batch-size", type=int, default=32, help="inputs per forward pass (1 turns batching off)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first input waits for others to join its batch")
     p.add_argument("--max-queue", type=int, default=1024, help="inputs waiting at most; beyond it requests get 503")
@@ -40,7 +42,7 @@ def run(args):
     def log(msg):
         print(f"bertkit serve: {msg}", file=sys.stderr, flush=True)
 
-    backend = load_backend(args.model, args.backend, threads=args.threads, log=log)
+    backend = load_backend(args.model, args.backend, threads=args.threads, quantize=args.quantize, log=log)
     batcher = DynamicBatcher(backend.forward, args.max_batch_size, args.max_wait_ms, args.max_queue)
     app = create_app(backend, batcher, str(args.model), max_client_batch_size=args.max_client_batch_size)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,

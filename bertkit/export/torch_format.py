@@ -30,10 +30,12 @@ def write_exported_program(graph: ExportGraph, path: Path, sample: tuple[torch.T
     torch.export.save(program, str(path))
 
 
-def quantize_int8(graph: ExportGraph) -> torch.nn.Module:
+def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `module` with every nn.Linear dynamically quantized to int8 (the export graph, or a
+    bertkit model for `bertkit serve --quantize int8`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notes (torchao is its successor)
-        return torch.ao.quantization.quantize_dynamic(graph, {torch.nn.Linear}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def write_torchscript(module: torch.nn.Module, path: Path, sample: tuple[torch.Tensor, ...]) -> None:

@@ -79,7 +79,7 @@ class TorchBackend(Backend):
 
     name = "torch"
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, quantize: str | None = None):
         from ..checkpoint import head_of, load
         from ..embedding import SentenceRecipe
 
@@ -90,10 +90,18 @@ class TorchBackend(Backend):
         head = "encoder" if head == "pretraining" else head
         if model.load_report.get("missing") and head != "encoder":
             raise BertkitError(f"{directory}: the {head} head's weights are missing ({model.load_report['missing'][0]})")
+        if quantize == "int8":
+            from ..export.torch_format import quantize_int8
+
+            model = quantize_int8(model)  # dynamic int8 Linear layers; the unpadded forward stays
+        self.quantize = quantize
         self.model = model
         max_len = int(model.info.get("max_len") or min(512, model.config.max_position_embeddings))
         labels = model.labels if head in ("classification", "token_classification") else None
         super().__init__(directory, model.tokenizer, head, labels, max_len, SentenceRecipe.from_dir(directory), model.info)
+
+    def describe(self):
+        return {**super().describe(), "quantization": self.quantize}
 
     def outputs(self, batch):
         from ..export.verify import torch_outputs
@@ -165,7 +173,8 @@ class _LogitsModel:
         return torch.from_numpy(start), torch.from_numpy(end)
 
 
-def load_backend(model: str, backend: str | None = None, threads: int | None = None, log=print) -> Backend:
+def load_backend(model: str, backend: str | None = None, threads: int | None = None, quantize: str | None = None,
+                 log=print) -> Backend:
     """The backend for `model`: an export directory runs as exported; a checkpoint runs on PyTorch,
     or with `backend="onnx"` is exported (and verified) to a temporary directory first."""
     from ..checkpoint import resolve
@@ -175,6 +184,8 @@ def load_backend(model: str, backend: str | None = None, threads: int | None = N
         raise BertkitError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     path = Path(model).expanduser()
     if path.is_dir() and is_export_dir(path):
+        if quantize:
+            raise BertkitError(f"--quantize applies to a checkpoint; {path} is an export (export it with --quantize int8)")
         fmt = read_manifest(path)["format"]
         if backend is not None and backend != fmt:
             raise BertkitError(f"--model {path} is a {fmt} export; run it with --backend {fmt}, or give the checkpoint")
@@ -187,6 +198,6 @@ def load_backend(model: str, backend: str | None = None, threads: int | None = N
 
         out = Path(tempfile.mkdtemp(prefix="bertkit-serve-onnx-"))
         log(f"exporting {directory} to ONNX in {out} ...")
-        export(directory, "onnx", out)
+        export(directory, "onnx", out, quantize=quantize)
         return ExportBackend(out, threads=threads)
-    return TorchBackend(directory)
+    return TorchBackend(directory, quantize=quantize)
