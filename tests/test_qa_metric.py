@@ -95,9 +95,8 @@ def test_equal_to_official_on_predictions(files, data_dir, name):
     assert 20 < ours["f1"] < 80  # a spread of right, partly right and wrong answers, not a degenerate case
 
 
-@pytest.mark.parametrize("name", ["dev-v1.1.json", "dev-v2.0-half.json"])
-def test_equal_to_official_with_no_answer_scores(files, data_dir, name):
-    data, paths = files[name]
+def test_equal_to_official_with_no_answer_scores(files, data_dir):
+    data, paths = files["dev-v2.0-half.json"]
     for thresh in ([], ["--na-prob-thresh", "0.3"]):
         official = _official(data_dir, data, paths["preds"], paths["na"], thresh)
         assert official.returncode == 0, official.stderr
@@ -109,7 +108,7 @@ def test_equal_to_official_with_no_answer_scores(files, data_dir, name):
 @pytest.mark.parametrize("name", ["dev-v1.1.json", "dev-v2.0-half.json"])
 def test_equal_to_official_on_all_empty_predictions(files, data_dir, name):
     data, paths = files[name]
-    for na in (None, paths["na"]):
+    for na in ((None, paths["na"]) if name == "dev-v2.0-half.json" else (None,)):
         official = _official(data_dir, data, paths["empty"], na)
         assert official.returncode == 0, official.stderr
         ours, _ = _ours(data, paths["empty"], na)
