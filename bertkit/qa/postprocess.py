@@ -1,8 +1,9 @@
 """From window logits to answers: run_squad.py's n-best search, with two of its gaps closed.
 
-For each question, every window proposes start/end pairs from its `n_best_size` highest start and
-end logits: start <= end, both context tokens, at most `max_answer_length` tokens, and the start
-token scored in its max-context window. Candidates are ranked by start + end logit, de-duplicated
+For each question, every window proposes start/end pairs from the `n_best_size` highest start and
+end logits of its context tokens: start <= end, at most `max_answer_length` tokens, and the start
+token scored in its max-context window. (run_squad.py takes its top logits over the whole window,
+question and padding included, and drops the non-context ones afterwards, so it may consider fewer.) Candidates are ranked by start + end logit, de-duplicated
 by text, cut to `n_best_size`, and given softmax probabilities over that list.
 
 SQuAD 2.0: each window's null score is its [CLS] start + end logit; the question's null score is
