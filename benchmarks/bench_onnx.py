@@ -2,6 +2,7 @@
 
 Contenders (all fp32 unless named int8; tokenization is done once beforehand and not timed):
   bertkit            bertkit's PyTorch BertModel (unpadded), torch.inference_mode()
+  bertkit+packed     the same with MKL-packed Linear weights (bertkit.packed_linear)
   bertkit+compile    the same under torch.compile(dynamic=True)            (with --compile)
   ort-transformers   transformers' BertModel through the standard ONNX path (torch.onnx.export, then
                      onnxruntime.transformers.optimizer's BERT fusions), ONNX Runtime
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import platform
 import statistics
@@ -35,6 +37,7 @@ import numpy as np
 import torch
 
 import bertkit
+from bertkit.packed_linear import pack_linear_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_encoder import DEFAULT_DATA, read_sentences  # noqa: E402
@@ -105,6 +108,8 @@ def build_contenders(args, workdir: Path, model, directory):
     feeds = lambda b: {"input_ids": b.np_ids, "token_type_ids": b.np_segs, "attention_mask": b.np_mask}  # noqa: E731
     out = {}
     out["bertkit"] = lambda b: model(b.input_ids, b.segment_ids, b.valid_lengths)
+    packed = pack_linear_weights(copy.deepcopy(model))
+    out["bertkit+packed"] = lambda b: packed(b.input_ids, b.segment_ids, b.valid_lengths)
     if args.compile:
         compiled = torch.compile(model, dynamic=True)
         out["bertkit+compile"] = lambda b: compiled(b.input_ids, b.segment_ids, b.valid_lengths)
@@ -220,6 +225,11 @@ def main(argv=None):
             for n, ts in times.items():
                 print(f"{n:<18}{statistics.median(ts):>10.3f}{rate[n]:>11,.0f}{rate[n] / rate['ort-transformers']:>20.2f}x"
                       f"{rate[n] / rate['bertkit']:>11.2f}x   {' '.join(f'{t:.3f}' for t in ts)}")
+            fp32 = [n for n in rate if n.startswith(("bertkit", "ort-bertkit")) and "int8" not in n]
+            best = max(fp32, key=rate.get)
+            print(f"bertkit's fastest fp32 path at batch {size}: {best}, {rate[best] / rate['ort-transformers']:.2f}x "
+                  f"ort-transformers; fastest int8: " + ", ".join(f"{n} {rate[n] / rate['bertkit']:.2f}x bertkit fp32"
+                                                                  for n in rate if "int8" in n))
         if args.classifier:
             rows = [r.split("\t") for r in args.data.read_text(encoding="utf-8").splitlines()[1:]]
             accuracy(args, Path(tmp), [(r[0], r[1]) for r in rows if r])
