@@ -42,6 +42,7 @@ def main():
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--accumulate", type=int, default=1, help="batches per optimizer step (the same update, less memory)")
     p.add_argument("--max-seq-length", type=int, default=384)
     p.add_argument("--doc-stride", type=int, default=128)
     p.add_argument("--max-query-length", type=int, default=64)
@@ -76,6 +77,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "metrics.jsonl", "w") as log_file:
         epochs = train_spans(model, features, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             accumulate=args.accumulate,
                              log=lambda row: (log_file.write(json.dumps(row) + "\n"), log_file.flush()))
     data = read_squad(args.predict, args.version_2)
     eval_features = make_features(data.examples, tokenizer, **options)
