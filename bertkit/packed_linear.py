@@ -5,7 +5,9 @@ few-token inputs of one short sentence PyTorch's plain `addmm` leaves much of th
 unused. MKL can re-layout ("pack") a weight matrix once for its GEMM kernels; every multiply after
 that skips the re-layout. Measured on the project machine for one MiniLM feed-forward layer
 (25 tokens x 384 -> 1536, 1 thread): addmm 702 us, packed 465 us, ONNX Runtime's Gemm 453 us, with
-bit-identical results.
+bit-identical results. For a whole MiniLM forward on one sentence the gain is smaller (+6%, see
+docs/benchmarks.md), and for large inputs there is none, so only inputs of up to PACKED_MAX_ROWS
+tokens take the packed path. `bertkit serve`'s PyTorch backend uses it.
 
     from bertkit.packed_linear import pack_linear_weights
     pack_linear_weights(model)        # in place; the model still trains and saves as before
@@ -23,6 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 PACK_FOR_ROWS = 64  # MKL's packing takes a typical row count as a hint; any row count works after
+# Above this many rows (tokens) plain addmm is as fast (benchmarks/bench_onnx.py, 1 thread, SST-2 dev:
+# +6% for single sentences, -3% for batches of 32 sentences, ~800 rows), so the packed GEMM is used
+# for small inputs only.
+PACKED_MAX_ROWS = 256
 
 
 def mkl_packing_available() -> bool:
@@ -52,6 +58,8 @@ class PackedLinear(nn.Linear):
                 or self.weight.dtype != torch.float32 or self.bias is None):
             return F.linear(x, self.weight, self.bias)
         flat = x.reshape(-1, x.shape[-1])
+        if flat.shape[0] > PACKED_MAX_ROWS:
+            return F.linear(x, self.weight, self.bias)
         out = torch.ops.mkl._mkl_linear(flat, self._packed(), self.weight, self.bias, flat.shape[0])
         return out.view(*x.shape[:-1], self.out_features)
 

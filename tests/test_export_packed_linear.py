@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import bertkit
-from bertkit.packed_linear import PackedLinear, mkl_packing_available, pack_linear_weights
+from bertkit.packed_linear import PACKED_MAX_ROWS, PackedLinear, mkl_packing_available, pack_linear_weights
 from conftest import randomize_
 
 pytestmark = pytest.mark.skipif(not mkl_packing_available(), reason="PyTorch built without MKL")
@@ -21,10 +21,15 @@ def test_packed_model_matches_and_keeps_its_state_dict(minilm, sst2_dev, tmp_pat
     n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
     assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == n_linear == 2 * 4 + 2
     assert list(packed.state_dict()) == list(model.state_dict())
-    batch = minilm.tokenizer(sst2_dev[:24])  # mixed lengths: the unpadded path, N real tokens
+    big = minilm.tokenizer(sst2_dev[:24])  # > PACKED_MAX_ROWS real tokens: plain addmm
+    batch = minilm.tokenizer(sst2_dev[:3])  # mixed lengths, few tokens: the packed GEMM
+    assert int(batch.valid_lengths.sum()) <= PACKED_MAX_ROWS < int(big.valid_lengths.sum())
     with torch.inference_mode():
+        assert (packed(big) - model(big)).abs().max() < 1e-5
+        assert packed.bert.layers[0].ffn_in.packed_weight.numel() == 0  # per-token layers: addmm
+        assert packed.classifier.packed_weight.numel() > 0  # 24 pooled rows: packed
         assert (packed(batch) - model(batch)).abs().max() < 1e-5
-        assert any(m.packed_weight.numel() for m in packed.modules() if isinstance(m, PackedLinear))
+        assert all(m.packed_weight.numel() for m in packed.modules() if isinstance(m, PackedLinear))
     # an in-place change of a weight (an optimizer step) is picked up: the packed copy is rebuilt
     with torch.no_grad():
         for m in (model, packed):

@@ -94,6 +94,10 @@ class TorchBackend(Backend):
             from ..export.torch_format import quantize_int8
 
             model = quantize_int8(model)  # dynamic int8 Linear layers; the unpadded forward stays
+        else:
+            from ..packed_linear import pack_linear_weights
+
+            pack_linear_weights(model)  # MKL-packed weights: faster for the small batches of light load
         self.quantize = quantize
         self.model = model
         max_len = int(model.info.get("max_len") or min(512, model.config.max_position_embeddings))
