@@ -86,7 +86,7 @@ def test_fp32_out_of_tolerance_fails_loudly_and_leaves_no_model(checkpoints, tmp
     monkeypatch.setattr(verify, "FP32_TOLERANCE", 0.0)  # nothing but bit-exact could pass
     out = tmp_path / "export"
     with pytest.raises(bertkit.BertkitError, match="failed verification: max \\|exported - PyTorch\\|"):
-        export(checkpoints["encoder"], "onnx", out, log=lambda *_: None)
+        export(checkpoints["encoder"], "onnx", out)
     assert not (out / "model.onnx").exists() and not (out / "manifest.json").exists()
 
 

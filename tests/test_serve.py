@@ -133,7 +133,7 @@ def test_embeddings_endpoints_equal_the_in_process_api(enc, emb, sst2_dev):
     assert status == 200 and np.abs(np.array(body) - emb.sentence_vectors(texts[:3], pooling="mean")).max() < 1e-6
     status, _, info = enc.request("GET", "/info")
     assert status == 200 and info["head"] == "encoder" and info["backend"] == "torch"
-    assert info["embedding"] == {"pooling": "mean", "normalize": True, "max_input_length": 256}
+    assert info["embedding"] == {"dimensions": 128, "pooling": "mean", "normalize": True, "max_input_length": 256}
     assert enc.request("GET", "/health")[:3:2] == (200, {"status": "ok"})
 
 
@@ -202,6 +202,7 @@ def test_bad_requests_get_a_4xx_json_error_naming_the_problem(enc):
         ("/v1/embeddings", {"input": ["t"] * 17}, 413, "17 inputs, more than the limit of 16"),
         ("/v1/embeddings", {"input": ["short", long_text]}, 413, "input[1] is longer than the limit of 256 tokens"),
         ("/v1/embeddings", {"input": "a", "encoding_format": "int"}, 422, "encoding_format"),
+        ("/v1/embeddings", {"input": "a", "dimensions": 64}, 422, "'dimensions' is 64; this model's vectors have 128"),
         ("/embed", {"inputs": "a", "normalize": "yes"}, 422, "'normalize' must be true or false"),
         ("/predict", {"inputs": "a"}, 400, "needs a model with a classification or regression head"),
     ]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -44,7 +43,7 @@ def _remove_model_files(out: Path) -> None:
 
 
 def export(model: str | Path, fmt: str, out: str | Path, quantize: str | None = None, seq_length: int | None = None,
-           eval_file: str | Path | None = None, optimize: bool = True, log=print) -> dict:
+           eval_file: str | Path | None = None, optimize: bool = True) -> dict:
     """Export checkpoint `model` as `fmt` ("onnx" or "torch") into `out`; returns the manifest."""
     from ..checkpoint import head_of, load, resolve
 

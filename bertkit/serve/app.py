@@ -161,7 +161,7 @@ def create_app(backend, batcher: DynamicBatcher, model_name: str, max_client_bat
                "max_batch_size": batcher.max_batch_size, "max_wait_ms": batcher.max_wait * 1000,
                "max_queue": batcher.max_queue, "queued": batcher.queued(), "accepted": batcher.accepted, "batches_run": batcher.batches_run, "inputs_run": batcher.inputs_run}
         if backend.head == "encoder":
-            out["embedding"] = {"pooling": backend.recipe.pooling, "normalize": backend.recipe.normalize,
+            out["embedding"] = {"dimensions": backend.hidden_size, "pooling": backend.recipe.pooling, "normalize": backend.recipe.normalize,
                                 "max_input_length": backend.embedding_max_len}
         return out
 
@@ -173,13 +173,14 @@ def create_app(backend, batcher: DynamicBatcher, model_name: str, max_client_bat
             fmt = body.get("encoding_format", "float")
             if fmt not in ("float", "base64"):
                 raise Problem(422, f"field 'encoding_format' must be 'float' or 'base64', got {fmt!r}", "encoding_format")
+            dims = body.get("dimensions")
+            if dims is not None and dims != backend.hidden_size:
+                raise Problem(422, f"field 'dimensions' is {dims!r}; this model's vectors have {backend.hidden_size}",
+                              "dimensions")
             texts = texts_of(body, "input")
             encodings = encode("input", texts, backend.embedding_max_len)
             futures = submit(encodings, "embed")
         vectors = await results(futures)
-        dims = body.get("dimensions")
-        if dims is not None and dims != len(vectors[0]):
-            raise Problem(422, f"field 'dimensions' is {dims!r}; this model's vectors have {len(vectors[0])}", "dimensions")
         data = [{"object": "embedding", "index": i,
                  "embedding": base64.b64encode(np.asarray(v, "<f4").tobytes()).decode() if fmt == "base64" else v.tolist()}
                 for i, v in enumerate(vectors)]

@@ -100,6 +100,7 @@ class TorchBackend(Backend):
             pack_linear_weights(model)  # MKL-packed weights: faster for the small batches of light load
         self.quantize = quantize
         self.model = model
+        self.hidden_size = model.config.hidden_size
         max_len = int(model.info.get("max_len") or min(512, model.config.max_position_embeddings))
         labels = model.labels if head in ("classification", "token_classification") else None
         super().__init__(directory, model.tokenizer, head, labels, max_len, SentenceRecipe.from_dir(directory), model.info)
@@ -131,6 +132,7 @@ class ExportBackend(Backend):
         self.exported = ExportedModel(directory, threads=threads)
         m = self.exported.manifest
         self.name = "onnx" if m["format"] == "onnx" else "torch"
+        self.hidden_size = int(m["source"]["config"]["hidden_size"])
         s = m.get("sentence_embedding") or {}
         recipe = SentenceRecipe(s.get("pooling", "mean"), bool(s.get("normalize")), None, str(directory / "manifest.json"))
         try:
