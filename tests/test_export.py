@@ -121,7 +121,7 @@ def test_int8_encoder_reports_embedding_cosine(checkpoints, tmp_path):
 
 STANDALONE = r'''
 import json, sys
-import numpy as np, onnxruntime, tokenizers
+import numpy as np, tokenizers
 directory, texts = sys.argv[1], json.loads(sys.argv[2])
 m = json.load(open(f"{directory}/manifest.json"))
 tok = tokenizers.Tokenizer.from_file(f"{directory}/tokenizer.json")
@@ -131,8 +131,15 @@ enc = tok.encode_batch(texts)
 feed = {"input_ids": np.array([e.ids for e in enc], np.int64),
         "token_type_ids": np.array([e.type_ids for e in enc], np.int64),
         "attention_mask": np.array([e.attention_mask for e in enc], np.int64)}
-session = onnxruntime.InferenceSession(f"{directory}/{m['model_file']}", providers=["CPUExecutionProvider"])
-hidden = session.run([m["outputs"][0]["name"]], feed)[0]
+if m["format"] == "onnx":
+    import onnxruntime
+    session = onnxruntime.InferenceSession(f"{directory}/{m['model_file']}", providers=["CPUExecutionProvider"])
+    hidden = session.run([m["outputs"][0]["name"]], feed)[0]
+else:
+    import torch
+    program = torch.export.load(f"{directory}/{m['model_file']}").module()
+    with torch.no_grad():
+        hidden = program(*(torch.from_numpy(feed[i["name"]]) for i in m["inputs"]))[0].numpy()
 mask = feed["attention_mask"][:, :, None]
 vectors = (hidden * mask).sum(1) / mask.sum(1)      # the manifest's recipe: mean pooling
 if m["sentence_embedding"]["normalize"]:
@@ -142,14 +149,16 @@ print(json.dumps({"tokens": [e.tokens for e in enc], "vectors": vectors.tolist()
 '''
 
 
-def test_export_runs_with_onnxruntime_and_tokenizers_alone(checkpoints, minilm_dir, tmp_path, sst2_dev):
+@pytest.mark.parametrize("fmt", ["onnx", "torch"])
+def test_export_runs_with_its_runtime_and_tokenizers_alone(checkpoints, minilm_dir, tmp_path, sst2_dev, fmt):
+    """onnx: onnxruntime + tokenizers + numpy; torch: torch + tokenizers + numpy. No bertkit."""
     # the tiny encoder with all-minilm-l6-v2's sentence-transformers recipe (mean pooling + Normalize)
     ckpt = tmp_path / "ckpt"
     shutil.copytree(checkpoints["encoder"], ckpt)
     shutil.copytree(minilm_dir / "1_Pooling", ckpt / "1_Pooling")
     shutil.copyfile(minilm_dir / "modules.json", ckpt / "modules.json")
     out = tmp_path / "export"
-    manifest = export(ckpt, "onnx", out)
+    manifest = export(ckpt, fmt, out, seq_length=128)
     assert manifest["sentence_embedding"] == {"pooling": "mean", "normalize": True}
     minilm_dir = ckpt
     texts = sst2_dev[:12]
