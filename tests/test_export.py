@@ -159,7 +159,7 @@ def test_export_runs_with_its_runtime_and_tokenizers_alone(checkpoints, minilm_d
     shutil.copyfile(minilm_dir / "modules.json", ckpt / "modules.json")
     out = tmp_path / "export"
     manifest = export(ckpt, fmt, out, seq_length=128)
-    assert manifest["sentence_embedding"] == {"pooling": "mean", "normalize": True}
+    assert manifest["sentence_embedding"] == {"pooling": "mean", "normalize": True, "max_seq_length": None}
     minilm_dir = ckpt
     texts = sst2_dev[:12]
     result = subprocess.run([sys.executable, "-c", STANDALONE, str(out), json.dumps(texts)], capture_output=True,

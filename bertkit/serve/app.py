@@ -50,6 +50,7 @@ def create_app(backend, batcher: DynamicBatcher, model_name: str, max_client_bat
         yield
         # uvicorn has stopped accepting and finished the requests it had; let the worker go.
         await asyncio.get_running_loop().run_in_executor(None, batcher.close)
+        backend.close()
         print("bertkit serve: stopped; every accepted request was answered", file=sys.stderr, flush=True)
 
     app = FastAPI(title="bertkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

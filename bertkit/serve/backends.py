@@ -9,6 +9,7 @@ Every backend offers the same small interface to the server:
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -63,6 +64,12 @@ class Backend:
 
     def answer(self, question: str, context: str) -> dict:
         raise BertkitError(f"/answer needs a question-answering model; this one's head is {self.head}")
+
+    def close(self) -> None:
+        """Remove what the backend made for itself (an ONNX export of a checkpoint made at start-up)."""
+        scratch = getattr(self, "scratch_dir", None)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def describe(self) -> dict:
         return {"backend": self.name, "head": self.head, "labels": self.labels, "max_input_length": self.max_len}
@@ -134,7 +141,8 @@ class ExportBackend(Backend):
         self.name = "onnx" if m["format"] == "onnx" else "torch"
         self.hidden_size = int(m["source"]["config"]["hidden_size"])
         s = m.get("sentence_embedding") or {}
-        recipe = SentenceRecipe(s.get("pooling", "mean"), bool(s.get("normalize")), None, str(directory / "manifest.json"))
+        recipe = SentenceRecipe(s.get("pooling", "mean"), bool(s.get("normalize")), s.get("max_seq_length"),
+                                str(directory / "manifest.json"))
         try:
             tokenizer = BertTokenizer.from_dir(directory)
         except BertkitError as e:
@@ -204,6 +212,12 @@ def load_backend(model: str, backend: str | None = None, threads: int | None = N
 
         out = Path(tempfile.mkdtemp(prefix="bertkit-serve-onnx-"))
         log(f"exporting {directory} to ONNX in {out} ...")
-        export(directory, "onnx", out, quantize=quantize)
-        return ExportBackend(out, threads=threads)
+        try:
+            export(directory, "onnx", out, quantize=quantize)
+            backend = ExportBackend(out, threads=threads)
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        backend.scratch_dir = out  # removed when the server stops
+        return backend
     return TorchBackend(directory, quantize=quantize)
