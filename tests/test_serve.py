@@ -304,6 +304,12 @@ def test_corrupt_or_foreign_model_files_are_a_clear_error(ckpts, tmp_path):
     onnx.save(helper.make_model(graph), onnx_dir / "model.onnx")
     assert_cli_error(run_cli("serve", "--model", onnx_dir, "--port", str(free_port())), "model.onnx", "another model's file")
 
+    manifest = json.loads((onnx_dir / "manifest.json").read_text())  # a torch-format export whose file is not one
+    (onnx_dir / "manifest.json").write_text(json.dumps({**manifest, "format": "torch", "model_file": "model.pt2"}))
+    (onnx_dir / "model.pt2").write_bytes(b"PK\x03\x04 truncated zip")
+    assert_cli_error(run_cli("serve", "--model", onnx_dir, "--port", str(free_port())), "model.pt2",
+                     "not a loadable PyTorch export")
+
     ckpt = tmp_path / "ckpt"
     shutil.copytree(ckpts["encoder"], ckpt)
     (ckpt / "model.safetensors").write_bytes(b"not safetensors at all")

@@ -9,6 +9,7 @@ what the manifest says (corrupt, or another model's) is a BertkitError naming it
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -86,7 +87,14 @@ class ExportedModel:
         warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor")
         try:
             if self.path.suffix == ".pt2":
-                module = torch.export.load(str(self.path)).module()
+                # torch logs a traceback before it gives up on a bad file; the one-line error below says it
+                logger = logging.getLogger("torch.export")
+                level = logger.level
+                logger.setLevel(logging.CRITICAL)
+                try:
+                    module = torch.export.load(str(self.path)).module()
+                finally:
+                    logger.setLevel(level)
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, still there in 2.13
