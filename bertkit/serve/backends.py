@@ -42,7 +42,7 @@ class Backend:
         from ..tokenizer import BertTokenizer
 
         self.directory, self.head, self.labels, self.max_len, self.recipe, self.info = directory, head, labels, max_len, recipe, info
-        self.pad = tokenizer.pad
+        self.pad, self.worker_tokenizer = tokenizer.pad, tokenizer  # used on the batcher's thread only
         # The request handlers tokenize on the event loop while the worker thread may tokenize for
         # /answer: each gets its own tokenizer (a tokenizer keeps its truncation setting).
         self.tokenizer = BertTokenizer.from_dir(directory) if (directory / "vocab.txt").is_file() or \
@@ -171,7 +171,7 @@ class _LogitsModel:
     training = False
 
     def __init__(self, backend: ExportBackend):
-        self.backend, self.tokenizer, self.info = backend, backend.tokenizer, backend.info
+        self.backend, self.tokenizer, self.info = backend, backend.worker_tokenizer, backend.info
 
     def eval(self):
         return self
