@@ -17,6 +17,7 @@ classifier in fp32 and in both int8 forms.
     python benchmarks/bench_onnx.py --threads 2
     python benchmarks/bench_onnx.py --threads 2 --batch-sizes 1 --limit 300 --compile
     python benchmarks/bench_onnx.py --classifier runs/export/sst2-minilm --batch-sizes 32
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_onnx.py --threads 2   # busy machine: no spinning threads
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import contextlib
 import copy
 import io
+import os
 import platform
 import statistics
 import sys
@@ -63,6 +65,9 @@ def ort_session(path, threads):
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        # the same rule for both runtimes: idle worker threads sleep instead of spinning (a shared machine)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -211,7 +216,8 @@ def main(argv=None):
     print(f"model        {args.model} ({directory})")
     print(f"data         {args.data}: {len(sentences)} sentences in file order")
     print(f"versions     torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, transformers {transformers.__version__}")
-    print(f"machine      {platform.processor() or platform.machine()}, {args.threads} threads (torch and ONNX Runtime)")
+    print(f"machine      {platform.processor() or platform.machine()}, {args.threads} threads (torch and ONNX Runtime), "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         contenders = build_contenders(args, Path(tmp), model, directory)
         for size in args.batch_sizes:
