@@ -109,3 +109,17 @@ def test_only_null_candidates_give_empty_answer(tokenizer):
     a = answer_example(ex, f.context_spans[0], [0], f, logits, version_2=True)
     assert a.text == "" and np.isfinite(a.null_odds) and a.null_odds > 100
     assert a.probability == pytest.approx(1.0, abs=1e-6)
+
+
+def test_n_best_size_one_with_null_first_keeps_the_best_span(tokenizer):
+    """n_best_size 1 and a null answer that outranks every span: "" is predicted, and the best span
+    is still known (its null odds, and what a higher threshold would answer)."""
+    ex = SquadExample("1", "What?", CONTEXT, [])
+    f = make_features([ex], tokenizer)
+    s = _token_pos(f, 0, "fox")
+    logits = _logits(f, {0: {"start": {0: 9.0, s: 3.0}, "end": {0: 9.0, s: 3.0}}})
+    a = answer_example(ex, f.context_spans[0], [0], f, logits, version_2=True, n_best_size=1)
+    assert a.text == "" and a.best_span[0] == "fox"
+    assert a.null_odds == pytest.approx(18.0 - 6.0)
+    assert [c["text"] for c in a.nbest] == ["", "fox"]
+    assert with_threshold([a], 12.5) == ["fox"]

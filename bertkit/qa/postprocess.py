@@ -88,22 +88,23 @@ def answer_example(example: SquadExample, context_spans: np.ndarray, windows: li
     if version_2:
         null_entry = {"text": "", "start": None, "end": None, "start_logit": null_logits[0],
                       "end_logit": null_logits[1], "score": null_score}
-    null_placed = False
+    null_placed = has_span = False
     for k in order:
-        if len(nbest) >= n_best_size:
+        # The list always keeps one non-null span (the best one), even when the null answer ranks
+        # first and fills `n_best_size`: null_odds and a tuned threshold need it.
+        if len(nbest) >= n_best_size and has_span:
             break
         score = float(s_log[k] + e_log[k])
         if null_entry is not None and not null_placed and null_score > score:
             nbest.append(null_entry)
             null_placed = True
             seen.add("")
-            if len(nbest) >= n_best_size:
-                break
         start, end = int(context_spans[s_tok[k], 0]), int(context_spans[e_tok[k], 1])
         text = example.context[start:end]
         if text in seen:
             continue
         seen.add(text)
+        has_span = True
         nbest.append({"text": text, "start": start, "end": end, "start_logit": float(s_log[k]),
                       "end_logit": float(e_log[k]), "score": score})
     if null_entry is not None and not null_placed:
