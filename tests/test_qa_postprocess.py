@@ -123,3 +123,13 @@ def test_n_best_size_one_with_null_first_keeps_the_best_span(tokenizer):
     assert a.null_odds == pytest.approx(18.0 - 6.0)
     assert [c["text"] for c in a.nbest] == ["", "fox"]
     assert with_threshold([a], 12.5) == ["fox"]
+
+
+def test_n_best_list_never_exceeds_n_best_size_once_it_has_a_span(tokenizer):
+    ex = SquadExample("1", "What?", CONTEXT, [])
+    f = make_features([ex], tokenizer)
+    fox, dog = _token_pos(f, 0, "fox"), _token_pos(f, 0, "dog")
+    # "fox" scores 10, the null answer 9, "fox ... dog" 8 and the rest less
+    logits = _logits(f, {0: {"start": {0: 4.5, fox: 5.0, dog: 3.0}, "end": {0: 4.5, fox: 5.0, dog: 3.0}}})
+    a = answer_example(ex, f.context_spans[0], [0], f, logits, version_2=True, n_best_size=2)
+    assert [c["text"] for c in a.nbest] == ["fox", ""]

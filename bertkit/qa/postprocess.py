@@ -99,6 +99,8 @@ def answer_example(example: SquadExample, context_spans: np.ndarray, windows: li
             nbest.append(null_entry)
             null_placed = True
             seen.add("")
+            if len(nbest) >= n_best_size and has_span:
+                break
         start, end = int(context_spans[s_tok[k], 0]), int(context_spans[e_tok[k], 1])
         text = example.context[start:end]
         if text in seen:
