@@ -65,9 +65,6 @@ def _answer(model, args):
 
 
 def run(args):
-    import json
-    import sys
-
     from ..checkpoint import load
     from ..errors import BertkitError
 
@@ -92,12 +89,7 @@ def run(args):
         raise BertkitError(f"--model {args.model}: not a sequence classification/regression checkpoint")
     if args.file:
         texts, texts_b = read_inputs(args.file)
-        results = model.predict(texts, texts_b, max_len=args.max_len, batch_size=args.batch_size)
-        out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
-        for r in results:
-            out.write(json.dumps(r) + "\n")
-        if args.out:
-            out.close()
+        write_json_lines(model.predict(texts, texts_b, max_len=args.max_len, batch_size=args.batch_size), args.out)
         return 0
     texts_b = [args.texts[1]] if len(args.texts) == 2 else None
     r = model.predict([args.texts[0]], texts_b, max_len=args.max_len)[0]
@@ -107,19 +99,25 @@ def run(args):
 def predict_entities(model, args):
     """A token-classification checkpoint: one JSON line {"entities": [...]} per TEXT, or per line of a
     plain-text --file (blank lines give no entities, so output line N is input line N)."""
-    import json
-    import sys
-
     from ..errors import BertkitError
     from ..textio import iter_lines
 
     if model.load_report.get("missing"):
         raise BertkitError(f"--model {args.model}: not a fine-tuned token-classification checkpoint (no trained head)")
     texts = list(iter_lines(args.file)) if args.file else args.texts
-    results = model.predict(texts, max_len=args.max_len, batch_size=args.batch_size)
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
-    for r in results:
-        out.write(json.dumps(r) + "\n")
-    if args.out:
-        out.close()
+    write_json_lines(model.predict(texts, max_len=args.max_len, batch_size=args.batch_size), args.out)
     return 0
+
+
+def write_json_lines(results, path=None):
+    """One JSON object per line, to `path` or standard output."""
+    import json
+    import sys
+
+    out = open(path, "w", encoding="utf-8") if path else sys.stdout
+    try:
+        for r in results:
+            out.write(json.dumps(r) + "\n")
+    finally:
+        if path:
+            out.close()
