@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import BertConfig
+from .dropout import Dropout, attention_with_dropout
 from .padding import packed_rows, real_token_indices, repad, unpad
 
 
@@ -57,7 +58,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, input_ids, segment_ids, positions):
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(segment_ids) + self.position_embeddings(positions)
@@ -78,7 +79,7 @@ class BertLayer(nn.Module):
         self.ffn_out = nn.Linear(cfg.intermediate_size, h)
         self.ffn_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
         self.act = activation(cfg.hidden_act)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
         self.attn_dropout = cfg.attention_probs_dropout_prob
 
     def attention(self, x, indices, batch, seqlen, key_mask, out_rows=None):
@@ -88,13 +89,25 @@ class BertLayer(nn.Module):
         if indices is not None:
             qkv = repad(qkv, indices, batch, seqlen)  # (B, T, 3H), zeros at padding
         q, k, v = qkv.view(batch, seqlen, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_mask, dropout_p=self.attn_dropout if self.training else 0.0
-        )  # (B, heads, T, head_dim)
+        if self.training and self.attn_dropout > 0 and qkv.device.type == "cpu":
+            out = self.eager_attention(q, k, v, key_mask)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=key_mask, dropout_p=self.attn_dropout if self.training else 0.0
+            )  # (B, heads, T, head_dim)
         out = out.transpose(1, 2).reshape(batch * seqlen, -1)
         if out_rows is None:
             out_rows = indices
         return out if out_rows is None else out.index_select(0, out_rows)
+
+    def eager_attention(self, q, k, v, key_mask):
+        """softmax(q k^T / sqrt(d) + mask) with dropout, times v. For CPU training: there PyTorch's
+        SDPA has no fused kernel with dropout, and its math path's `bernoulli_` mask and
+        masked-softmax bookkeeping cost as much as the layer's matrix multiplies (see dropout.py)."""
+        scores = torch.matmul(q * self.head_dim**-0.5, k.transpose(-1, -2))  # (B, heads, T, T)
+        if key_mask is not None:
+            scores.add_(scores.new_zeros(key_mask.shape).masked_fill_(~key_mask, float("-inf")))
+        return attention_with_dropout(scores, v, self.attn_dropout)
 
     def forward(self, x, indices, batch, seqlen, key_mask, keep=None):
         """`keep`: optional (packed rows, flat rows) of the only tokens whose outputs are wanted; the
@@ -222,7 +235,7 @@ class BertForSequenceClassification(nn.Module):
         super().__init__()
         self.config, self.num_labels = cfg, num_labels
         self.bert = BertModel(cfg)
-        self.dropout = nn.Dropout(cfg.extra.get("classifier_dropout") or cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.extra.get("classifier_dropout") or cfg.hidden_dropout_prob)
         self.classifier = nn.Linear(cfg.hidden_size, num_labels)
         init_weights(self.classifier, cfg)
 
@@ -244,7 +257,7 @@ class BertForTokenClassification(nn.Module):
         super().__init__()
         self.config, self.num_labels = cfg, num_labels
         self.bert = BertModel(cfg, add_pooler=False)
-        self.dropout = nn.Dropout(cfg.extra.get("classifier_dropout") or cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.extra.get("classifier_dropout") or cfg.hidden_dropout_prob)
         self.classifier = nn.Linear(cfg.hidden_size, num_labels)
         init_weights(self.classifier, cfg)
 
