@@ -1,17 +1,26 @@
 """QA speed against transformers on the same SQuAD windows: prediction and one training step, interleaved.
 
-    python benchmarks/bench_qa.py --eval runs/squad/data/squad1.1-eval.json --train runs/squad/data/squad1.1-train.json --threads 1
+    python benchmarks/bench_qa.py --eval runs/squad/data/squad1.1-eval.json --train runs/squad/data/squad1.1-train.json --threads 2
 
-Prediction: windows per second over a fixed sample of the SQuAD 1.1 evaluation windows (seeded),
-batched as `bertkit squad` batches them (sorted by length, --eval-batch-size), the same batches for
-both models. Training: seconds per optimizer step (forward, span loss, backward, fused AdamW step)
-on the same --batch-size windows drawn as the training loop draws them. Each round times bertkit
-then transformers (the order alternates every round) so that load on a shared machine hits both;
-the medians over rounds and their ratio are printed, and the per-round figures with them.
+Both models compute the same function (the same weights and QA head; the logit difference is
+printed). Every contender of a round sees the same windows; the order of contenders alternates
+every round so that load on a shared machine hits all of them; medians over rounds are printed
+with the per-round figures.
 
-A third contender, "transformers-pad384", is the same transformers model fed as transformers'
-own `run_qa.py` feeds it by default (every window padded to --max-seq-length): what a user of that
-script gets, shown for context; the model-against-model figure is "transformers" on identical batches.
+Prediction, windows per second over a fixed, seeded sample of the evaluation windows:
+  bertkit                       as `bertkit squad` predicts: sorted by length, --eval-batch-size per
+                                batch, padding skipped inside the model
+  transformers, same batches    transformers on exactly bertkit's (sorted) batches: model against model
+  bertkit, file order           bertkit on the windows in file order (unsorted batches)
+  transformers, file order      as `run_qa.py --pad_to_max_length False` predicts: file order, each
+                                batch padded to its longest window (the same tensors as the row above)
+  transformers, pad 384         as `run_qa.py` predicts by default: file order, padded to 384
+Training, seconds per optimizer step (forward, span loss, backward, clipping, fused AdamW) on
+--batch-size windows, a new batch each round:
+  bucketed                      batches as bertkit's loop draws them (similar lengths), both models
+  shuffled                      batches as a plain shuffled DataLoader draws them, padded to the
+                                longest window, both models on the same tensors
+  transformers, pad 384         the shuffled batch padded to 384, as `run_qa.py` trains by default
 """
 
 import argparse
@@ -59,52 +68,69 @@ def main():
     with torch.no_grad():  # the same QA head on both, so both compute the same function
         theirs.hf.qa_outputs.weight.copy_(ours.qa_outputs.weight)
         theirs.hf.qa_outputs.bias.copy_(ours.qa_outputs.bias)
-    models = {"bertkit": ours, "transformers": theirs, "transformers-pad384": theirs}
-    pad_to = {"transformers-pad384": args.max_seq_length}
+    models = {"bertkit": ours, "transformers": theirs}
 
     rng = np.random.default_rng(0)
     eval_features = make_features(read_squad(args.eval).examples, tokenizer, max_seq_length=args.max_seq_length)
     sample = np.sort(rng.choice(len(eval_features), size=min(args.sample, len(eval_features)), replace=False))
-    eval_batches = [sample[b] for b in sorted_batches(eval_features.lengths[sample], args.eval_batch_size)]
+    sorted_rows = [sample[b] for b in sorted_batches(eval_features.lengths[sample], args.eval_batch_size)]
+    file_rows = [sample[i:i + args.eval_batch_size] for i in range(0, len(sample), args.eval_batch_size)]
     train_features = make_features(read_squad(args.train, training=True).examples, tokenizer,
                                    max_seq_length=args.max_seq_length, training=True)
-    train_batches = bucket_batches(train_features.lengths, args.batch_size, rng)[: args.rounds + 1]
+    bucketed = bucket_batches(train_features.lengths, args.batch_size, rng)[: args.rounds + 1]
+    shuffled = np.array_split(rng.permutation(len(train_features))[: args.batch_size * (args.rounds + 1)], args.rounds + 1)
 
     # Same outputs first: a speed comparison of two different functions would mean nothing.
     with torch.no_grad():
-        ids, segs, lens = eval_features.batch(eval_batches[0])
+        ids, segs, lens = eval_features.batch(file_rows[0])
         a, b = ours.eval()(ids, segs, lens), theirs.eval()(ids, segs, lens)
         mask = torch.arange(ids.shape[1])[None, :] < lens[:, None]
         diff = max(float((x - y)[mask].abs().max()) for x, y in zip(a, b))
     print(f"max |start/end logit difference| on real tokens: {diff:.2e}", flush=True)
 
-    def batch(features, rows, name):
+    def batch(features, rows, pad_to=None):
         ids, segs, lens = features.batch(rows)
-        width = pad_to.get(name)
-        if width:
-            ids = torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=tokenizer.pad_id)
-            segs = torch.nn.functional.pad(segs, (0, width - segs.shape[1]))
+        if pad_to:
+            ids = torch.nn.functional.pad(ids, (0, pad_to - ids.shape[1]), value=tokenizer.pad_id)
+            segs = torch.nn.functional.pad(segs, (0, pad_to - segs.shape[1]))
         return ids, segs, lens
 
+    L = args.max_seq_length
+    predict_contenders = {  # name: (model, batches, pad to)
+        "bertkit": (ours, sorted_rows, None),
+        "transformers, same batches": (theirs, sorted_rows, None),
+        "bertkit, file order": (ours, file_rows, None),
+        "transformers, file order": (theirs, file_rows, None),
+        "transformers, pad 384": (theirs, file_rows, L),
+    }
+
     def predict_round(name):
-        model = models[name]
+        model, batches, pad_to = predict_contenders[name]
         model.eval()
         t = time.perf_counter()
         with torch.no_grad():
-            for rows in eval_batches:
-                model(*batch(eval_features, rows, name))
+            for rows in batches:
+                model(*batch(eval_features, rows, pad_to))
         return len(sample) / (time.perf_counter() - t)
 
+    train_contenders = {  # name: (model, batches, pad to)
+        "bertkit, bucketed": ("bertkit", bucketed, None),
+        "transformers, bucketed": ("transformers", bucketed, None),
+        "bertkit, shuffled": ("bertkit", shuffled, None),
+        "transformers, shuffled": ("transformers", shuffled, None),
+        "transformers, pad 384": ("transformers", shuffled, L),
+    }
     optimizers = {}
     for name, model in models.items():
         opt = build_optimizer(model, "adamw", 1e-5, 0.01)
         optimizers[name] = (opt, linear_warmup_decay(opt, 0, 10**6))
 
-    def train_step(name, rows):
-        model = models[name]
+    def train_step(name, r):
+        model_name, batches, pad_to = train_contenders[name]
+        model, (opt, sched) = models[model_name], optimizers[model_name]
         model.train()
-        opt, sched = optimizers[name]
-        ids, segs, lens = batch(train_features, rows, name)
+        rows = batches[r]
+        ids, segs, lens = batch(train_features, rows, pad_to)
         starts = torch.from_numpy(train_features.start_positions[rows])
         ends = torch.from_numpy(train_features.end_positions[rows])
         t = time.perf_counter()
@@ -113,39 +139,44 @@ def main():
         apply_gradients(model.parameters(), opt, sched, 1.0)
         return time.perf_counter() - t
 
-    # warm-up: one prediction batch and one training step each (first-call allocations)
-    for name, model in models.items():
-        with torch.no_grad():
-            model.eval()(*batch(eval_features, eval_batches[-1], name))
-        train_step(name, train_batches[0])
+    for name in predict_contenders:  # warm-up: first-call allocations
+        predict_round(name)
+    for name in train_contenders:
+        train_step(name, 0)
 
-    predict = {n: [] for n in models}
-    step = {n: [] for n in models}
+    predict = {n: [] for n in predict_contenders}
+    step = {n: [] for n in train_contenders}
     for r in range(args.rounds):
-        order = list(models) if r % 2 == 0 else list(models)[::-1]
-        for name in order:
+        for name in (list(predict) if r % 2 == 0 else list(predict)[::-1]):
             predict[name].append(predict_round(name))
-        for name in order:
-            step[name].append(train_step(name, train_batches[r + 1]))
-        print(f"round {r + 1}: " + ", ".join(f"{n} {predict[n][-1]:.1f} windows/s, step {step[n][-1]:.2f}s" for n in models),
-              flush=True)
+        for name in (list(step) if r % 2 == 0 else list(step)[::-1]):
+            step[name].append(train_step(name, r + 1))
+        print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:.1f}/s" for n, v in predict.items()), flush=True)
+        print(f"         " + ", ".join(f"{n} {v[-1]:.2f}s" for n, v in step.items()), flush=True)
 
     med_p = {n: statistics.median(v) for n, v in predict.items()}
     med_s = {n: statistics.median(v) for n, v in step.items()}
+    predict_pairs = [("bertkit", "transformers, same batches"), ("bertkit", "transformers, file order"),
+                     ("bertkit", "transformers, pad 384"), ("bertkit, file order", "transformers, file order")]
+    train_pairs = [("bertkit, bucketed", "transformers, bucketed"), ("bertkit, shuffled", "transformers, shuffled"),
+                   ("bertkit, bucketed", "transformers, pad 384"), ("bertkit, shuffled", "transformers, pad 384")]
     result = {
         "threads": args.threads, "eval_windows_per_round": len(sample), "eval_batch_size": args.eval_batch_size,
         "train_batch_size": args.batch_size, "rounds": args.rounds, "max_logit_diff": diff,
-        "predict_windows_per_s_median": med_p, "train_step_seconds_median": med_s,
-        "predict_speedup": {n: med_p["bertkit"] / v for n, v in med_p.items() if n != "bertkit"},
-        "train_speedup": {n: v / med_s["bertkit"] for n, v in med_s.items() if n != "bertkit"},
         "mean_eval_window_tokens": float(eval_features.lengths[sample].mean()),
+        "train_tokens_per_batch": {"bucketed": [int(train_features.lengths[b].sum()) for b in bucketed[1:]],
+                                   "shuffled": [int(train_features.lengths[b].sum()) for b in shuffled[1:]]},
+        "predict_windows_per_s_median": med_p, "train_step_seconds_median": med_s,
+        "predict_speedup": {f"{a} vs {b}": med_p[a] / med_p[b] for a, b in predict_pairs},
+        "train_speedup": {f"{a} vs {b}": med_s[b] / med_s[a] for a, b in train_pairs},
         "per_round": {"predict": predict, "step": step},
     }
-    for other in ("transformers", "transformers-pad384"):
-        print(f"prediction: bertkit {med_p['bertkit']:.1f} vs {other} {med_p[other]:.1f} windows/s "
-              f"(median of {args.rounds}): {result['predict_speedup'][other]:.2f}x")
-        print(f"training step (batch {args.batch_size}): bertkit {med_s['bertkit']:.2f}s vs {other} "
-              f"{med_s[other]:.2f}s (median of {args.rounds}): {result['train_speedup'][other]:.2f}x")
+    print(f"\nprediction, windows/s (median of {args.rounds}): " + ", ".join(f"{n} {v:.1f}" for n, v in med_p.items()))
+    for k, v in result["predict_speedup"].items():
+        print(f"  {k}: {v:.2f}x")
+    print(f"training step, batch {args.batch_size}, s (median of {args.rounds}): " + ", ".join(f"{n} {v:.2f}" for n, v in med_s.items()))
+    for k, v in result["train_speedup"].items():
+        print(f"  {k}: {v:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -136,6 +136,35 @@ def in_process_latencies(model_or_export, backend, sentences, threads):
     return out
 
 
+def in_process_batching_ceiling(model_or_export, backend, sentences, threads, batch_size=32, rounds=3):
+    """Requests/s of the backend itself, in process (tokenize + forward + pooling, no HTTP, no queue),
+    one sentence per call against `batch_size` sentences per call (file order): the most that
+    dynamic batching can gain on this machine. Interleaved rounds, medians."""
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(threads)
+    from bertkit.serve.backends import ExportBackend, TorchBackend
+
+    b = ExportBackend(Path(model_or_export), threads=threads) if backend == "onnx" else TorchBackend(Path(model_or_export))
+    sample = sentences[:256]
+
+    def rate(size):
+        t = time.perf_counter()
+        for i in range(0, len(sample), size):
+            b.forward(b.tokenizer.encode_batch(sample[i:i + size], max_len=b.embedding_max_len), "embed")
+        return len(sample) / (time.perf_counter() - t)
+
+    rates = {1: [], batch_size: []}
+    with torch.inference_mode():
+        rate(1), rate(batch_size)  # warm-up
+        for r in range(rounds):
+            for size in ((1, batch_size) if r % 2 == 0 else (batch_size, 1)):
+                rates[size].append(rate(size))
+    return statistics.median(rates[1]), statistics.median(rates[batch_size])
+
+
 def pct(xs, q):
     return float(np.percentile(np.array(xs) * 1000, q))
 
@@ -185,6 +214,9 @@ def main(argv=None):
             for c in args.concurrency:
                 on, off = results[(backend, "on", c)], results[(backend, "off", c)]
                 print(f"{backend}: concurrency {c:>3}: batching on / off throughput = {on[0] / off[0]:.2f}x")
+            one, many = in_process_batching_ceiling(sources[backend], backend, sentences, args.threads)
+            print(f"{backend}: in process, no server: {one:.1f} sentences/s one per call, {many:.1f} at 32 per call: "
+                  f"batching can gain at most {many / one:.2f}x on this machine")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,16 @@ The architecture is the published one, numerically the same as Google's and Hugg
 token + segment + learned position embeddings, LayerNorm, dropout; post-LN transformer blocks
 (x = LN(x + Attn(x)); x = LN(x + FFN(x))) with exact-erf GELU; a tanh pooler on [CLS].
 
-Two implementation choices make it faster than a straight transcription, without changing outputs:
+Implementation choices that make it faster than a straight transcription, without changing what
+it computes:
 - Activations between layers are kept *unpadded*, (N, H) for the N real tokens of the batch
   (see `padding.py`); only attention sees the padded (B, T) layout.
 - Q, K and V are one (H, 3H) matrix multiply. Checkpoints still store `query`/`key`/`value`
   separately in Hugging Face names; `checkpoint.py` splits and joins them.
+- CPU inference runs the feed-forward GELU and both residual adds inside the GEMMs
+  (`fused_linear.py`; equal up to float32 rounding).
+- CPU training draws dropout masks from a cheaper generator and does attention's softmax, dropout
+  and product with V in one autograd step (`dropout.py`; the same distribution).
 The MLM head is evaluated only at the masked positions it is given, not at every token, and so is
 the last layer's work after attention: pretraining reads the final hidden states only at the masked
 positions and at [CLS], so the last block's attention output projection and feed-forward run on
@@ -28,6 +33,7 @@ import torch.nn.functional as F
 
 from .config import BertConfig
 from .dropout import Dropout, attention_with_dropout
+from .fused_linear import can_fuse, fused_linear
 from .padding import packed_rows, real_token_indices, repad, unpad
 
 
@@ -78,14 +84,14 @@ class BertLayer(nn.Module):
         self.ffn_in = nn.Linear(h, cfg.intermediate_size)
         self.ffn_out = nn.Linear(cfg.intermediate_size, h)
         self.ffn_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
-        self.act = activation(cfg.hidden_act)
+        self.act, self.act_name = activation(cfg.hidden_act), cfg.hidden_act
         self.dropout = Dropout(cfg.hidden_dropout_prob)
         self.attn_dropout = cfg.attention_probs_dropout_prob
 
     def attention(self, x, indices, batch, seqlen, key_mask, out_rows=None):
         """Self-attention over the packed tokens; returns the rows `out_rows` (flat indices into
         B*T) of its output, by default every real token's."""
-        qkv = self.qkv(x)  # (N, 3H)
+        qkv = fused_linear(self.qkv, x) if not self.training and can_fuse(x, self.qkv) else self.qkv(x)  # (N, 3H)
         if indices is not None:
             qkv = repad(qkv, indices, batch, seqlen)  # (B, T, 3H), zeros at padding
         q, k, v = qkv.view(batch, seqlen, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -118,6 +124,10 @@ class BertLayer(nn.Module):
             keep_packed, keep_flat = keep
             a = self.attention(x, indices, batch, seqlen, key_mask, out_rows=keep_flat)
             x = x.index_select(0, keep_packed)
+        if not self.training and can_fuse(x, self.attn_out, self.ffn_in, self.ffn_out, activation=self.act_name):
+            # CPU inference: bias, GELU and the residual adds inside the GEMMs (see fused_linear.py)
+            x = self.attn_norm(fused_linear(self.attn_out, a, residual=x))
+            return self.ffn_norm(fused_linear(self.ffn_out, fused_linear(self.ffn_in, x, self.act_name), residual=x))
         x = self.attn_norm(x + self.dropout(self.attn_out(a)))
         return self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
 

@@ -1,0 +1,74 @@
+"""Linear layers with their bias, activation or residual add inside the GEMM, for CPU inference.
+
+In a BERT layer at inference, three of the four matrix multiplies are followed by a pass over their
+whole output: GELU after the feed-forward's first Linear, and the residual add after the attention
+output projection and after the feed-forward's second Linear. Each pass reads and writes a
+(tokens x width) tensor that the GEMM has just written, and `addmm` itself first copies the bias
+into every output row. oneDNN (bundled with PyTorch's CPU builds as `mkldnn`) does all of that
+in the GEMM's epilogue while the output tile is still in cache: `torch.ops.mkldnn._linear_pointwise`,
+the kernel `torch.compile`'s CPU backend emits for Linear + GELU and Linear + add. The results equal
+`F.gelu(F.linear(...))` and `F.linear(...) + residual` up to float32 rounding (the bias is added
+after the products instead of before them; tests/test_fused_linear.py checks 1e-6 per layer).
+
+The weight is re-laid out once for oneDNN and cached on the Linear module (not in its state dict);
+the cache is rebuilt when the weight changes (an optimizer step, a load). The fused path is taken
+only for float32 tensors on the CPU with gradients off and outside tracing/compiling (the graph
+exporters see plain ops); everywhere else the same plain ops run.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PACK_FOR_ROWS = 64  # oneDNN's re-layout takes a typical row count as a hint; any row count works after
+
+# config.hidden_act -> (oneDNN post-op, its algorithm)
+_ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "gelu_pytorch_tanh": ("gelu", "tanh"),
+                "relu": ("relu", "")}
+
+
+def onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _graph_capture() -> bool:
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+
+
+def can_fuse(x: torch.Tensor, *linears: nn.Module, activation: str | None = None) -> bool:
+    """Whether `fused_linear` will take oneDNN's fused path for 2-D input `x` through `linears`. A
+    Linear can ask for its own path up to `fuse_above_rows` rows (`PackedLinear` does)."""
+    return (
+        x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+        and (activation is None or activation in _ACTIVATIONS) and not _graph_capture() and onednn_available()
+        and all(isinstance(m, nn.Linear) and m.bias is not None and m.weight.dtype == torch.float32
+                and x.shape[0] > getattr(m, "fuse_above_rows", 0) for m in linears)
+    )
+
+
+def _onednn_weight(linear: nn.Linear) -> torch.Tensor:
+    weight = linear.weight
+    key = (weight.data_ptr(), None if weight.is_inference() else weight._version)
+    if getattr(linear, "_onednn_key", None) != key:
+        with torch.no_grad():
+            linear._onednn_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_FOR_ROWS)
+        linear._onednn_key = key
+    return linear._onednn_weight
+
+
+def fused_linear(linear: nn.Linear, x: torch.Tensor, activation: str | None = None,
+                 residual: torch.Tensor | None = None) -> torch.Tensor:
+    """act(linear(x)) or linear(x) + residual for 2-D `x`; one oneDNN call where `can_fuse`."""
+    if not can_fuse(x, linear, activation=activation):
+        y = F.linear(x, linear.weight, linear.bias)
+        if activation is not None:
+            y = F.gelu(y, approximate=_ACTIVATIONS[activation][1] or "none") if activation != "relu" else F.relu(y)
+        return y if residual is None else y + residual
+    if residual is not None:
+        if activation is not None:
+            raise ValueError("an activation and a residual add cannot both be fused")
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, _onednn_weight(linear), linear.bias, "add")
+    attr, algorithm = _ACTIVATIONS[activation] if activation is not None else ("none", "")
+    return torch.ops.mkldnn._linear_pointwise(x, _onednn_weight(linear), linear.bias, attr, [], algorithm)

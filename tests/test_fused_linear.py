@@ -1,0 +1,65 @@
+"""bertkit.fused_linear: Linear + GELU / + residual in one oneDNN call, equal to the plain ops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bertkit
+import bertkit.model
+from bertkit.fused_linear import can_fuse, fused_linear, onednn_available
+from conftest import randomize_
+
+pytestmark = pytest.mark.skipif(not onednn_available(), reason="PyTorch built without oneDNN")
+
+
+@pytest.mark.parametrize("rows", [1, 7, 25, 300])
+def test_fused_ops_equal_the_plain_ones(rows):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 96)
+    x, residual = torch.randn(rows, 48), torch.randn(rows, 96)
+    with torch.no_grad():
+        assert can_fuse(x, lin, activation="gelu")
+        plain = F.linear(x, lin.weight, lin.bias)
+        assert torch.allclose(fused_linear(lin, x), plain, atol=1e-6)
+        assert torch.allclose(fused_linear(lin, x, "gelu"), F.gelu(plain), atol=1e-6)
+        assert torch.allclose(fused_linear(lin, x, "gelu_new"), F.gelu(plain, approximate="tanh"), atol=1e-6)
+        assert torch.allclose(fused_linear(lin, x, "relu"), F.relu(plain), atol=1e-6)
+        assert torch.allclose(fused_linear(lin, x, residual=residual), plain + residual, atol=1e-6)
+
+
+def test_cached_weight_follows_in_place_updates():
+    lin = torch.nn.Linear(16, 8)
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        before = fused_linear(lin, x)
+        lin.weight.mul_(-1)  # an optimizer step changes the weight in place: the cache must be rebuilt
+        after = fused_linear(lin, x)
+        assert torch.allclose(after, F.linear(x, lin.weight, lin.bias), atol=1e-6)
+        assert not torch.allclose(before, after)
+
+
+def test_plain_ops_when_not_fusable():
+    lin = torch.nn.Linear(16, 8)
+    x = torch.randn(5, 16)
+    assert not can_fuse(x, lin)  # gradients on: training must see differentiable plain ops
+    y = fused_linear(lin, x, "gelu")
+    y.sum().backward()
+    assert lin.weight.grad is not None
+    with torch.no_grad():
+        assert not can_fuse(x.double(), lin.double())
+        assert not can_fuse(x, lin, activation="swish")
+
+
+def test_model_inference_with_fused_layers_matches_plain_layers(monkeypatch, minilm, sst2_dev):
+    cfg = bertkit.BertConfig.from_preset("bert_2_128_2", vocab_size=minilm.tokenizer.vocab_size)
+    model = randomize_(bertkit.BertForQuestionAnswering(cfg)).eval()
+    batch = minilm.tokenizer(sst2_dev[:6])  # mixed lengths: the unpadded path
+    with torch.inference_mode():
+        fused = model(batch)
+        monkeypatch.setattr(bertkit.model, "can_fuse", lambda *a, **k: False)
+        plain = model(batch)
+    mask = batch.attention_mask
+    for f, p in zip(fused, plain):
+        assert (f - p)[mask].abs().max() < 1e-5
