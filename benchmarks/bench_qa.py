@@ -51,6 +51,9 @@ def main():
     p.add_argument("--json", metavar="F", help="also write the figures here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    from bertkit.cpu_allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the `bertkit` command does; one process, so both models get it
 
     from transformers import BertForQuestionAnswering
 

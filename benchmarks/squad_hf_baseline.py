@@ -49,6 +49,9 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int)
     args = p.parse_args()
+    from bertkit.cpu_allocator import keep_freed_memory
+
+    keep_freed_memory()  # the process setting `bertkit squad` runs with: only the network differs
     if args.threads:
         torch.set_num_threads(args.threads)
 
