@@ -11,8 +11,8 @@ the kernel `torch.compile`'s CPU backend emits for Linear + GELU and Linear + ad
 after the products instead of before them; tests/test_fused_linear.py checks 1e-6 per layer).
 
 The weight is re-laid out once for oneDNN and cached on the Linear module (not in its state dict);
-the cache is rebuilt when the weight changes (an optimizer step, a load). The fused path is taken
-only for float32 tensors on the CPU with gradients off and outside tracing/compiling (the graph
+the cache is rebuilt when the weight changes (an optimizer step, a load: see weight_versions.py).
+The fused path is taken only for float32 tensors on the CPU with gradients off and outside tracing/compiling (the graph
 exporters see plain ops); everywhere else the same plain ops run.
 """
 
@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .weight_versions import weight_key
 
 PACK_FOR_ROWS = 64  # oneDNN's re-layout takes a typical row count as a hint; any row count works after
 
@@ -50,7 +52,7 @@ def can_fuse(x: torch.Tensor, *linears: nn.Module, activation: str | None = None
 
 def _onednn_weight(linear: nn.Linear) -> torch.Tensor:
     weight = linear.weight
-    key = (weight.data_ptr(), None if weight.is_inference() else weight._version)
+    key = weight_key(weight)
     if getattr(linear, "_onednn_key", None) != key:
         with torch.no_grad():
             linear._onednn_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_FOR_ROWS)

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .weight_versions import weight_key
+
 PACK_FOR_ROWS = 64  # MKL's packing takes a typical row count as a hint; any row count works after
 # Above this many rows (tokens) plain addmm is as fast (benchmarks/bench_onnx.py, 1 thread, SST-2 dev:
 # +6% for single sentences, -3% for batches of 32 sentences, ~800 rows), so the packed GEMM is used
@@ -45,12 +47,11 @@ class PackedLinear(nn.Linear):
                          device=linear.weight.device, dtype=linear.weight.dtype)
         self.weight, self.bias = linear.weight, linear.bias  # the same Parameters: shared, not copied
         self.register_buffer("packed_weight", torch.empty(0), persistent=False)
-        self._packed_from = None  # (data pointer, version) of the weight the packed copy was made from
+        self._packed_from = None  # weight_key of the weight the packed copy was made from
         self.train(linear.training)
 
     def _packed(self) -> torch.Tensor:
-        # inference tensors (made under inference_mode) have no version counter, and cannot change
-        key = (self.weight.data_ptr(), None if self.weight.is_inference() else self.weight._version)
+        key = weight_key(self.weight)
         if self._packed_from != key:
             with torch.no_grad():
                 self.packed_weight = torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), PACK_FOR_ROWS)

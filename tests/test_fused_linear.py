@@ -40,6 +40,22 @@ def test_cached_weight_follows_in_place_updates():
         assert not torch.allclose(before, after)
 
 
+def test_cached_weight_follows_a_fused_optimizer_step():
+    """Fused AdamW changes weights without bumping their version counters; the cache must still see it."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, 8)
+    x = torch.randn(5, 16)
+    optimizer = torch.optim.AdamW(lin.parameters(), lr=0.1, fused=True)
+    with torch.no_grad():
+        fused_linear(lin, x)  # cache the weight
+    version = lin.weight._version
+    lin(x).sum().backward()
+    optimizer.step()
+    assert lin.weight._version == version  # the reason: the version counter did not move
+    with torch.no_grad():
+        assert torch.allclose(fused_linear(lin, x), F.linear(x, lin.weight, lin.bias), atol=1e-6)
+
+
 def test_plain_ops_when_not_fusable():
     lin = torch.nn.Linear(16, 8)
     x = torch.randn(5, 16)
