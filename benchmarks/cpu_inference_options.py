@@ -36,7 +36,12 @@ def main():
     p.add_argument("--inputs", choices=("squad", "sentences"), default="squad")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--keep-freed-memory", action="store_true", help="apply bertkit.cpu_allocator first, as the bertkit command does")
     args = p.parse_args()
+    if args.keep_freed_memory:
+        from bertkit.cpu_allocator import keep_freed_memory
+
+        keep_freed_memory()
     torch.set_num_threads(args.threads)
     model = bertkit.load(bertkit.resolve("all-minilm-l6-v2"), head="question_answering").eval()
     packed = pack_linear_weights(copy.deepcopy(model))
@@ -72,7 +77,8 @@ def main():
             times[name].append(run(name))
     bertkit.model.can_fuse = can_fuse
     plain = statistics.median(times["plain"])
-    print(f"{args.inputs}, {args.threads} thread(s), median of {args.rounds} rounds:")
+    print(f"{args.inputs}, {args.threads} thread(s), median of {args.rounds} rounds, "
+          f"{'freed memory kept' if args.keep_freed_memory else 'default malloc'}:")
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"  {name:<13} {med:7.3f} s   {plain / med:5.2f}x plain   ({' '.join(f'{t:.3f}' for t in ts)})")
