@@ -4,13 +4,13 @@ On the CPU, PyTorch's dropout draws its mask with `bernoulli_` (one random numbe
 multiplies by it and divides; in attention the SDPA math path adds masked-softmax bookkeeping on top.
 On the attention probabilities of a SQuAD training batch (batch x heads x T x T, 10.7M elements for
 16 windows of 236 tokens) that is ~115 ms per layer at one thread, about as long as the layer's
-matrix multiplies. Here:
+forward matrix multiplies. Here:
 
 - `drop_mask` takes one random *byte* per element (8 per 64-bit draw of torch's own generator, so
   `torch.manual_seed` and saved RNG states cover it) and drops the element when the byte is below
   floor(256 p). The 1 in 256 elements whose byte equals floor(256 p) get a second, float64 draw and
   are dropped when it is below the remainder 256 p - floor(256 p). So P(drop) is p exactly (to
-  float64 precision), not a multiple of 1/256, at a seventh of `bernoulli_`'s cost.
+  float64 precision), not a multiple of 1/256, at about a third of `bernoulli_`'s cost.
 - The mask is applied with `masked_fill` and the 1 / (1 - p) scale goes where it is cheapest: on the
   (T x head_dim) attention output instead of the (T x T) probabilities.
 

@@ -109,7 +109,7 @@ class BertLayer(nn.Module):
     def eager_attention(self, q, k, v, key_mask):
         """softmax(q k^T / sqrt(d) + mask) with dropout, times v. For CPU training: there PyTorch's
         SDPA has no fused kernel with dropout, and its math path's `bernoulli_` mask and
-        masked-softmax bookkeeping cost as much as the layer's matrix multiplies (see dropout.py)."""
+        masked-softmax bookkeeping take about as long as the layer's forward matrix multiplies (dropout.py)."""
         scores = torch.matmul(q * self.head_dim**-0.5, k.transpose(-1, -2))  # (B, heads, T, T)
         if key_mask is not None:
             scores.add_(scores.new_zeros(key_mask.shape).masked_fill_(~key_mask, float("-inf")))
