@@ -12,8 +12,9 @@ after the products instead of before them; tests/test_fused_linear.py checks 1e-
 
 The weight is re-laid out once for oneDNN and cached on the Linear module (not in its state dict);
 the cache is rebuilt when the weight changes (an optimizer step, a load: see weight_versions.py).
-The fused path is taken only for float32 tensors on the CPU with gradients off and outside tracing/compiling (the graph
-exporters see plain ops); everywhere else the same plain ops run.
+The fused path is taken only for float32 tensors on the CPU with gradients off and outside
+tracing and compiling (the graph exporters see plain ops); everywhere else the same plain ops run.
+Up to 256 rows `PackedLinear`'s MKL path is faster and takes precedence (`fuse_above_rows`).
 """
 
 from __future__ import annotations
