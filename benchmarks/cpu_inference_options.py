@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import bertkit
-import bertkit.model
+import bertkit.fused_linear
 from bertkit.fused_linear import can_fuse
 from bertkit.packed_linear import pack_linear_weights
 
@@ -62,7 +62,7 @@ def main():
 
     def run(name):
         m, fuse_rule = variants[name]
-        bertkit.model.can_fuse = fuse_rule
+        bertkit.fused_linear.can_fuse = fuse_rule
         t = time.perf_counter()
         with torch.inference_mode():
             for x in inputs:
@@ -75,7 +75,7 @@ def main():
     for r in range(args.rounds):
         for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
             times[name].append(run(name))
-    bertkit.model.can_fuse = can_fuse
+    bertkit.fused_linear.can_fuse = can_fuse
     plain = statistics.median(times["plain"])
     print(f"{args.inputs}, {args.threads} thread(s), median of {args.rounds} rounds, "
           f"{'freed memory kept' if args.keep_freed_memory else 'default malloc'}:")

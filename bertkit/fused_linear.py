@@ -27,9 +27,13 @@ from .weight_versions import weight_key
 
 PACK_FOR_ROWS = 64  # oneDNN's re-layout takes a typical row count as a hint; any row count works after
 
-# config.hidden_act -> (oneDNN post-op, its algorithm)
-_ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "gelu_pytorch_tanh": ("gelu", "tanh"),
-                "relu": ("relu", "")}
+# config.hidden_act -> (the PyTorch function, oneDNN's post-op and its algorithm)
+ACTIVATIONS = {
+    "gelu": (F.gelu, "gelu", "none"),  # exact (erf) GELU, as in the original BERT
+    "gelu_new": (lambda x: F.gelu(x, approximate="tanh"), "gelu", "tanh"),
+    "gelu_pytorch_tanh": (lambda x: F.gelu(x, approximate="tanh"), "gelu", "tanh"),
+    "relu": (F.relu, "relu", ""),
+}
 
 
 def onednn_available() -> bool:
@@ -45,7 +49,7 @@ def can_fuse(x: torch.Tensor, *linears: nn.Module, activation: str | None = None
     Linear can ask for its own path up to `fuse_above_rows` rows (`PackedLinear` does)."""
     return (
         x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-        and (activation is None or activation in _ACTIVATIONS) and not _graph_capture() and onednn_available()
+        and (activation is None or activation in ACTIVATIONS) and not _graph_capture() and onednn_available()
         and all(isinstance(m, nn.Linear) and m.bias is not None and m.weight.dtype == torch.float32
                 and x.shape[0] > getattr(m, "fuse_above_rows", 0) for m in linears)
     )
@@ -63,15 +67,16 @@ def _onednn_weight(linear: nn.Linear) -> torch.Tensor:
 
 def fused_linear(linear: nn.Linear, x: torch.Tensor, activation: str | None = None,
                  residual: torch.Tensor | None = None) -> torch.Tensor:
-    """act(linear(x)) or linear(x) + residual for 2-D `x`; one oneDNN call where `can_fuse`."""
+    """act(linear(x)) or residual + linear(x) for 2-D `x`: one oneDNN call where `can_fuse`, else the
+    module's own forward (a packed, quantized or GPU Linear) and the plain ops."""
+    if activation is not None and residual is not None:
+        raise ValueError("an activation and a residual add cannot both be fused")
     if not can_fuse(x, linear, activation=activation):
-        y = F.linear(x, linear.weight, linear.bias)
+        y = linear(x)
         if activation is not None:
-            y = F.gelu(y, approximate=_ACTIVATIONS[activation][1] or "none") if activation != "relu" else F.relu(y)
-        return y if residual is None else y + residual
+            return ACTIVATIONS[activation][0](y)
+        return y if residual is None else residual + y
     if residual is not None:
-        if activation is not None:
-            raise ValueError("an activation and a residual add cannot both be fused")
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, _onednn_weight(linear), linear.bias, "add")
-    attr, algorithm = _ACTIVATIONS[activation] if activation is not None else ("none", "")
+    _, attr, algorithm = ACTIVATIONS[activation] if activation is not None else (None, "none", "")
     return torch.ops.mkldnn._linear_pointwise(x, _onednn_weight(linear), linear.bias, attr, [], algorithm)

@@ -33,18 +33,14 @@ import torch.nn.functional as F
 
 from .config import BertConfig
 from .dropout import Dropout, attention_with_dropout
-from .fused_linear import can_fuse, fused_linear
+from .fused_linear import ACTIVATIONS, fused_linear
 from .padding import packed_rows, real_token_indices, repad, unpad
 
 
 def activation(name: str):
-    if name == "gelu":
-        return F.gelu  # exact (erf) GELU, as in the original BERT
-    if name in ("gelu_new", "gelu_pytorch_tanh"):
-        return lambda x: F.gelu(x, approximate="tanh")
-    if name == "relu":
-        return F.relu
-    raise ValueError(name)
+    if name not in ACTIVATIONS:
+        raise ValueError(name)
+    return ACTIVATIONS[name][0]
 
 
 def token_mask(input_ids: torch.Tensor, valid_lengths=None, attention_mask=None) -> torch.Tensor:
@@ -91,7 +87,7 @@ class BertLayer(nn.Module):
     def attention(self, x, indices, batch, seqlen, key_mask, out_rows=None):
         """Self-attention over the packed tokens; returns the rows `out_rows` (flat indices into
         B*T) of its output, by default every real token's."""
-        qkv = fused_linear(self.qkv, x) if not self.training and can_fuse(x, self.qkv) else self.qkv(x)  # (N, 3H)
+        qkv = fused_linear(self.qkv, x)  # (N, 3H)
         if indices is not None:
             qkv = repad(qkv, indices, batch, seqlen)  # (B, T, 3H), zeros at padding
         q, k, v = qkv.view(batch, seqlen, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -124,8 +120,7 @@ class BertLayer(nn.Module):
             keep_packed, keep_flat = keep
             a = self.attention(x, indices, batch, seqlen, key_mask, out_rows=keep_flat)
             x = x.index_select(0, keep_packed)
-        if not self.training and can_fuse(x, self.attn_out, self.ffn_in, self.ffn_out, activation=self.act_name):
-            # CPU inference: bias, GELU and the residual adds inside the GEMMs (see fused_linear.py)
+        if not self.training:  # no dropout: on CPU inference, GELU and residual adds inside the GEMMs (fused_linear.py)
             x = self.attn_norm(fused_linear(self.attn_out, a, residual=x))
             return self.ffn_norm(fused_linear(self.ffn_out, fused_linear(self.ffn_in, x, self.act_name), residual=x))
         x = self.attn_norm(x + self.dropout(self.attn_out(a)))

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import bertkit
-import bertkit.model
+import bertkit.fused_linear
 from bertkit.fused_linear import can_fuse, fused_linear, onednn_available
 from conftest import randomize_
 
@@ -74,7 +74,7 @@ def test_model_inference_with_fused_layers_matches_plain_layers(monkeypatch, min
     batch = minilm.tokenizer(sst2_dev[:6])  # mixed lengths: the unpadded path
     with torch.inference_mode():
         fused = model(batch)
-        monkeypatch.setattr(bertkit.model, "can_fuse", lambda *a, **k: False)
+        monkeypatch.setattr(bertkit.fused_linear, "can_fuse", lambda *a, **k: False)
         plain = model(batch)
     mask = batch.attention_mask
     for f, p in zip(fused, plain):
