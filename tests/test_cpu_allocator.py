@@ -13,7 +13,7 @@ applied = keep_freed_memory() if sys.argv[1] == "on" else False
 torch.empty(1)
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):  # warm-up: the heap grows
+for _ in range(20):  # warm-up: the heap grows until freed blocks fit the next allocation
     torch.ones(64 * 2**20 // 4).sum()
 before = faults()
 for _ in range(10):  # ten 64 MB tensors, allocated, written and freed in turn
