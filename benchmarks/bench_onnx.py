@@ -3,6 +3,8 @@
 Contenders (all fp32 unless named int8; tokenization is done once beforehand and not timed):
   bertkit            bertkit's PyTorch BertModel (unpadded), torch.inference_mode()
   bertkit+packed     the same with MKL-packed Linear weights (bertkit.packed_linear)
+  bertkit+scripted   bertkit+packed with the TorchScript encoder for unpadded inputs of up to 256 tokens
+                     (bertkit.scripted_encoder; what `bertkit serve`'s PyTorch backend runs)
   bertkit+compile    the same under torch.compile(dynamic=True)            (with --compile)
   ort-transformers   transformers' BertModel through the standard ONNX path (torch.onnx.export, then
                      onnxruntime.transformers.optimizer's BERT fusions), ONNX Runtime
@@ -40,6 +42,7 @@ import torch
 
 import bertkit
 from bertkit.packed_linear import pack_linear_weights
+from bertkit.scripted_encoder import use_scripted_encoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_encoder import DEFAULT_DATA, read_sentences  # noqa: E402
@@ -115,6 +118,8 @@ def build_contenders(args, workdir: Path, model, directory):
     out["bertkit"] = lambda b: model(b.input_ids, b.segment_ids, b.valid_lengths)
     packed = pack_linear_weights(copy.deepcopy(model))
     out["bertkit+packed"] = lambda b: packed(b.input_ids, b.segment_ids, b.valid_lengths)
+    scripted = use_scripted_encoder(pack_linear_weights(copy.deepcopy(model)))
+    out["bertkit+scripted"] = lambda b: scripted(b.input_ids, b.segment_ids, b.valid_lengths)
     if args.compile:
         compiled = torch.compile(model, dynamic=True)
         out["bertkit+compile"] = lambda b: compiled(b.input_ids, b.segment_ids, b.valid_lengths)
@@ -160,14 +165,15 @@ def time_contenders(contenders, batches, passes):
 
 
 def parity(contenders, model, batches):
-    """max |contender - bertkit| of the last hidden states at real tokens, first 3 batches (fp32 ones)."""
+    """max |contender - bertkit| of the last hidden states at real tokens, first 3 batches (fp32 ones;
+    bertkit+scripted takes its own path only for unpadded batches, so its check is at batch 1)."""
     out = {}
-    for name in ("ort-transformers", "ort-bertkit"):
+    for name in ("bertkit+scripted", "ort-transformers", "ort-bertkit"):
         if name in contenders:
             worst = 0.0
             for b in batches[:3]:
                 ref = model(b.input_ids, b.segment_ids, b.valid_lengths)[0].numpy()
-                got = contenders[name](b)[0]
+                got = np.asarray(contenders[name](b)[0])
                 worst = max(worst, float(np.abs(ref - got)[b.np_mask.astype(bool)].max()))
             out[name] = worst
     return out

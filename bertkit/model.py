@@ -137,6 +137,7 @@ class BertModel(nn.Module):
         self.layers = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if add_pooler else None
         self.tokenizer = None  # attached by `bertkit.load`
+        self.scripted_encoder = None  # attached by `scripted_encoder.use_scripted_encoder`
         self.apply(lambda m: init_weights(m, cfg))
 
     def encode_packed(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None, rows=None):
@@ -176,6 +177,10 @@ class BertModel(nn.Module):
 
     def forward(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None):
         input_ids, segment_ids, valid_lengths = _unpack_batch(input_ids, segment_ids, valid_lengths)
+        if self.scripted_encoder is not None:  # small unpadded CPU inputs at inference; None where it does not apply
+            out = self.scripted_encoder(input_ids, segment_ids, valid_lengths, attention_mask)
+            if out is not None:
+                return out
         batch, seqlen = input_ids.shape
         x, indices = self.encode_packed(input_ids, segment_ids, valid_lengths, attention_mask)
         seq = x.view(batch, seqlen, -1) if indices is None else repad(x, indices, batch, seqlen)

@@ -103,8 +103,11 @@ class TorchBackend(Backend):
             model = quantize_int8(model)  # dynamic int8 Linear layers; the unpadded forward stays
         else:
             from ..packed_linear import pack_linear_weights
+            from ..scripted_encoder import use_scripted_encoder
 
-            pack_linear_weights(model)  # MKL-packed weights: faster for the small batches of light load
+            # the small batches of light load: MKL-packed weights, and one sentence (or an unpadded
+            # group) runs the encoder as one TorchScript function instead of ~100 Python-level calls
+            use_scripted_encoder(pack_linear_weights(model))
         self.quantize = quantize
         self.model = model
         self.hidden_size = model.config.hidden_size
