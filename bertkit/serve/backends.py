@@ -114,6 +114,7 @@ class TorchBackend(Backend):
         max_len = int(model.info.get("max_len") or min(512, model.config.max_position_embeddings))
         labels = model.labels if head in ("classification", "token_classification") else None
         super().__init__(directory, model.tokenizer, head, labels, max_len, SentenceRecipe.from_dir(directory), model.info)
+        self.outputs(model.tokenizer(["warm up"]))  # builds the scripted encoder now, not on the first request
 
     def describe(self):
         return {**super().describe(), "quantization": self.quantize}
