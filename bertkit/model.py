@@ -175,6 +175,19 @@ class BertModel(nn.Module):
         """The pooler on the final [CLS] hidden states, (B, H) -> (B, H)."""
         return torch.tanh(self.pooler(cls_hidden))
 
+    def pooled_output(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None):
+        """`forward(...)[1]` alone, (B, H), for less work: the last layer's attention output projection
+        and feed-forward run for the [CLS] rows only (its keys and values still come from every
+        token), as for pretraining's NSP. What a sequence classifier needs, in training too."""
+        input_ids, segment_ids, valid_lengths = _unpack_batch(input_ids, segment_ids, valid_lengths)
+        if self.scripted_encoder is not None:
+            out = self.scripted_encoder(input_ids, segment_ids, valid_lengths, attention_mask, cls_only=True)
+            if out is not None:
+                return out[1]
+        cls_rows = torch.arange(input_ids.shape[0], device=input_ids.device) * input_ids.shape[1]
+        hidden, _ = self.encode_packed(input_ids, segment_ids, valid_lengths, attention_mask, rows=cls_rows)
+        return self.pool_cls(hidden)
+
     def forward(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None):
         input_ids, segment_ids, valid_lengths = _unpack_batch(input_ids, segment_ids, valid_lengths)
         if self.scripted_encoder is not None:  # small unpadded CPU inputs at inference; None where it does not apply
@@ -250,7 +263,7 @@ class BertForSequenceClassification(nn.Module):
         init_weights(self.classifier, cfg)
 
     def forward(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None):
-        _, pooled = self.bert(input_ids, segment_ids, valid_lengths, attention_mask)
+        pooled = self.bert.pooled_output(input_ids, segment_ids, valid_lengths, attention_mask)
         return self.classifier(self.dropout(pooled))
 
     def predict(self, texts, texts_b=None, **kwargs):

@@ -82,7 +82,9 @@ class _FlatEncoder(nn.Module):
             return torch.ops.aten.gelu_(x, approximate="tanh")
         return F.relu_(x)
 
-    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, cls_only: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """With `cls_only` the first output is the final [CLS] hidden states, (B, H): the last layer's
+        per-token work after attention runs for those rows alone (BertModel.pooled_output)."""
         batch, seqlen = input_ids.shape[0], input_ids.shape[1]
         n, h = batch * seqlen, self.hidden
         x = F.embedding(input_ids, self.word) + F.embedding(segment_ids, self.segment) + self.position[:seqlen]
@@ -92,13 +94,15 @@ class _FlatEncoder(nn.Module):
             q, k, v = qkv.permute(2, 0, 3, 1, 4).reshape(3, batch * self.heads, seqlen, self.head_dim).unbind(0)
             probs = torch.softmax(torch.bmm(q, k.transpose(1, 2)), -1)  # (B*heads, T, T); q is already scaled
             a = torch.bmm(probs, v).view(batch, self.heads, seqlen, self.head_dim).transpose(1, 2).reshape(n, h)
+            if cls_only and i == self.num_layers - 1:
+                a, x = a[::seqlen], x[::seqlen]  # the [CLS] rows
             x = F.layer_norm(self.linear(a, 4 * i + 1).add_(x), [h], self.norms[4 * i], self.norms[4 * i + 1], self.eps)
             f = self.act(self.linear(x, 4 * i + 2))
             x = F.layer_norm(self.linear(f, 4 * i + 3).add_(x), [h], self.norms[4 * i + 2], self.norms[4 * i + 3], self.eps)
-        seq = x.view(batch, seqlen, h)
+        seq = x if cls_only else x.view(batch, seqlen, h)
         if not self.has_pooler:
             return seq, x.new_empty(0, h)
-        return seq, torch.tanh(self.linear(seq[:, 0], 4 * self.num_layers))
+        return seq, torch.tanh(self.linear(seq if cls_only else seq[:, 0], 4 * self.num_layers))
 
 
 class ScriptedEncoder:
@@ -111,9 +115,10 @@ class ScriptedEncoder:
         self.bert, self.max_tokens = bert, max_tokens
         self._script, self._built_from, self._watch = None, None, ParametersWatch(bert)
 
-    def __call__(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None):
+    def __call__(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None, cls_only=False):
         """BertModel.forward's (sequence output, pooled output) for an unpadded batch, or None where
-        this path does not apply (then the caller runs the layer-by-layer path)."""
+        this path does not apply (then the caller runs the layer-by-layer path). With `cls_only`:
+        (final [CLS] hidden states (B, H), pooled output), for BertModel.pooled_output."""
         bert = self.bert
         if (bert.training or torch.is_grad_enabled() or input_ids.device.type != "cpu" or input_ids.dim() != 2
                 or input_ids.numel() > self.max_tokens or input_ids.shape[1] > bert.config.max_position_embeddings
@@ -130,7 +135,7 @@ class ScriptedEncoder:
             self._built_from = key
         if self._script is None:
             return None
-        seq, pooled = self._script(input_ids, torch.zeros_like(input_ids) if segment_ids is None else segment_ids)
+        seq, pooled = self._script(input_ids, torch.zeros_like(input_ids) if segment_ids is None else segment_ids, cls_only)
         return seq, (pooled if bert.pooler is not None else None)
 
     def __deepcopy__(self, memo):

@@ -183,3 +183,37 @@ def test_parameters_watch_sees_every_kind_of_change():
     model(torch.randn(2, 4)).sum().backward()
     optimizer.step()
     assert watch.key() != key
+
+
+@pytest.mark.parametrize("scripted", [False, True])
+def test_pooled_output_alone_equals_the_full_forward(scripted):
+    """BertModel.pooled_output runs the last layer's per-token work for [CLS] only: same pooled vectors."""
+    model = tiny(seed=3)
+    if scripted:
+        use_scripted_encoder(model)
+    for ids, segs, lengths in [(*inputs(1, 10), None), (*inputs(3, 12), torch.tensor([12, 7, 3]))]:
+        with torch.inference_mode():
+            alone = model.pooled_output(ids, segs, lengths)
+            _, full = model(ids, segs, lengths)
+        assert alone.shape == full.shape and (alone - full).abs().max() < 1e-5
+
+
+def test_classifier_gradients_are_unchanged_by_the_cls_only_last_layer():
+    """Training through pooled_output: the same loss and gradients as through the full forward."""
+    torch.manual_seed(0)
+    cfg = bertkit.BertConfig.from_preset("bert_2_128_2", vocab_size=200, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    clf = randomize_(bertkit.BertForSequenceClassification(cfg, num_labels=3)).train()
+    ids, segs = inputs(4, 10)
+    lengths, labels = torch.tensor([10, 8, 5, 2]), torch.tensor([0, 2, 1, 2])
+
+    def loss_and_grads(forward):
+        clf.zero_grad()
+        loss = torch.nn.functional.cross_entropy(forward(), labels)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in clf.named_parameters() if p.grad is not None}
+
+    loss, grads = loss_and_grads(lambda: clf(ids, segs, lengths))
+    ref_loss, ref_grads = loss_and_grads(lambda: clf.classifier(clf.bert(ids, segs, lengths)[1]))
+    assert abs(loss - ref_loss) < 1e-6 and grads.keys() == ref_grads.keys()
+    for name, g in grads.items():
+        assert (g - ref_grads[name]).abs().max() < 1e-5, name
