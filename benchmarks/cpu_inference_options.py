@@ -1,15 +1,23 @@
-"""CPU inference options of bertkit's model, each alone: plain ops, fused layers, MKL-packed weights.
+"""CPU inference options of bertkit's model, each alone: plain ops, fused layers, MKL-packed weights,
+the scripted encoder, and a classifier's [CLS]-only last layer.
 
     python benchmarks/cpu_inference_options.py --inputs squad --threads 1
     python benchmarks/cpu_inference_options.py --inputs sentences --threads 2
+    python benchmarks/cpu_inference_options.py --inputs classifier --threads 2 --rounds 7
 
   plain         every Linear through addmm, GELU and residual adds as separate ops
   fused         bertkit's default: oneDNN Linear with bias, GELU or residual add in the GEMM
                 (bertkit/fused_linear.py)
   packed        MKL-packed weights for inputs of up to 256 rows (bertkit/packed_linear.py), no fusion
-  fused+packed  both (what `bertkit serve`'s PyTorch backend runs): packed up to 256 rows, fused above
+  fused+packed  both: packed up to 256 rows, fused above
+  +scripted     fused+packed with the TorchScript encoder for unpadded inputs of up to 256 tokens
+                (bertkit/scripted_encoder.py; what `bertkit serve`'s PyTorch backend runs)
 Inputs: "squad", three batches of 64 windows of about 120, 213 and 300 tokens (seeded random ids,
-the shapes of SQuAD prediction); "sentences", the first 150 SST-2 dev sentences one at a time.
+the shapes of SQuAD prediction); "sentences", the first 150 SST-2 dev sentences one at a time;
+"classifier", all of SST-2 dev in length-sorted batches of 32 through a sequence classifier (the
+all-minilm-l6-v2 encoder and a new 2-label head: the weights do not change the time), default
+(the last layer's per-token work for [CLS] only, `BertModel.pooled_output`) against "full last
+layer" (the classifier on `BertModel.forward`'s pooled output).
 Interleaved rounds (the order reverses every round), medians; the same all-minilm-l6-v2 weights.
 """
 
@@ -26,6 +34,7 @@ import bertkit
 import bertkit.fused_linear
 from bertkit.fused_linear import can_fuse
 from bertkit.packed_linear import pack_linear_weights
+from bertkit.scripted_encoder import use_scripted_encoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_encoder import DEFAULT_DATA, read_sentences  # noqa: E402
@@ -33,7 +42,7 @@ from bench_encoder import DEFAULT_DATA, read_sentences  # noqa: E402
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--inputs", choices=("squad", "sentences"), default="squad")
+    p.add_argument("--inputs", choices=("squad", "sentences", "classifier"), default="squad")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--keep-freed-memory", action="store_true", help="apply bertkit.cpu_allocator first, as the bertkit command does")
@@ -43,9 +52,41 @@ def main():
 
         keep_freed_memory()
     torch.set_num_threads(args.threads)
+    if args.inputs == "classifier":
+        variants, inputs = classifier_variants()
+    else:
+        variants, inputs = encoder_variants(args.inputs)
+
+    def run(name):
+        call, fuse_rule = variants[name]
+        bertkit.fused_linear.can_fuse = fuse_rule
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for x in inputs:
+                call(*x)
+        return time.perf_counter() - t
+
+    for name in variants:  # warm-up (and the weight re-layouts)
+        run(name)
+    times = {n: [] for n in variants}
+    for r in range(args.rounds):
+        for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
+            times[name].append(run(name))
+    bertkit.fused_linear.can_fuse = can_fuse
+    plain = statistics.median(times[first := next(iter(variants))])
+    print(f"{args.inputs}, {args.threads} thread(s), median of {args.rounds} rounds, "
+          f"{'freed memory kept' if args.keep_freed_memory else 'default malloc'}:")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"  {name:<16} {med:7.3f} s   {plain / med:5.2f}x {first}   ({' '.join(f'{t:.3f}' for t in ts)})")
+
+
+def encoder_variants(kind):
+    """name -> (callable, fused_linear's rule) over a QA model, and the inputs."""
     model = bertkit.load(bertkit.resolve("all-minilm-l6-v2"), head="question_answering").eval()
     packed = pack_linear_weights(copy.deepcopy(model))
-    if args.inputs == "squad":
+    scripted = use_scripted_encoder(pack_linear_weights(copy.deepcopy(model)))
+    if kind == "squad":
         g = torch.Generator().manual_seed(0)
         inputs = []
         for width in (120, 213, 300):
@@ -57,31 +98,20 @@ def main():
         encoded = (model.tokenizer([s], max_len=512) for s in read_sentences(DEFAULT_DATA, 150))
         inputs = [(b.input_ids, b.segment_ids, b.valid_lengths) for b in encoded]
     never = lambda *a, **k: False  # noqa: E731
-    variants = {"plain": (model, never), "fused": (model, can_fuse), "packed": (packed, never),
-                "fused+packed": (packed, can_fuse)}
+    return {"plain": (model, never), "fused": (model, can_fuse), "packed": (packed, never),
+            "fused+packed": (packed, can_fuse), "+scripted": (scripted, can_fuse)}, inputs
 
-    def run(name):
-        m, fuse_rule = variants[name]
-        bertkit.fused_linear.can_fuse = fuse_rule
-        t = time.perf_counter()
-        with torch.inference_mode():
-            for x in inputs:
-                m(*x)
-        return time.perf_counter() - t
 
-    for name in variants:  # warm-up (and the weight re-layouts)
-        run(name)
-    times = {n: [] for n in variants}
-    for r in range(args.rounds):
-        for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
-            times[name].append(run(name))
-    bertkit.fused_linear.can_fuse = can_fuse
-    plain = statistics.median(times["plain"])
-    print(f"{args.inputs}, {args.threads} thread(s), median of {args.rounds} rounds, "
-          f"{'freed memory kept' if args.keep_freed_memory else 'default malloc'}:")
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"  {name:<13} {med:7.3f} s   {plain / med:5.2f}x plain   ({' '.join(f'{t:.3f}' for t in ts)})")
+def classifier_variants():
+    encoder = bertkit.load(bertkit.resolve("all-minilm-l6-v2"))
+    clf = bertkit.BertForSequenceClassification(encoder.config, num_labels=2).eval()
+    clf.bert = encoder.eval()
+    sentences = read_sentences(DEFAULT_DATA, None)
+    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+    batches = (encoder.tokenizer([sentences[i] for i in order[j:j + 32]]) for j in range(0, len(order), 32))
+    inputs = [(b.input_ids, b.segment_ids, b.valid_lengths) for b in batches]
+    full = lambda *x: clf.classifier(clf.bert(*x)[1])  # noqa: E731
+    return {"full last layer": (full, can_fuse), "cls-only": (clf, can_fuse)}, inputs
 
 
 if __name__ == "__main__":
