@@ -10,14 +10,16 @@ the kernel `torch.compile`'s CPU backend emits for Linear + GELU and Linear + ad
 `F.gelu(F.linear(...))` and `F.linear(...) + residual` up to float32 rounding (the bias is added
 after the products instead of before them; tests/test_fused_linear.py checks 1e-6 per layer).
 
-The weight is re-laid out once for oneDNN and cached on the Linear module (not in its state dict);
-the cache is rebuilt when the weight changes (an optimizer step, a load: see weight_versions.py).
+The weight is re-laid out once for oneDNN and cached beside the Linear module (not in it, so the
+model still deep-copies and pickles); the cache is rebuilt when the weight changes (an optimizer step, a load: see weight_versions.py).
 The fused path is taken only for float32 tensors on the CPU with gradients off and outside
 tracing and compiling (the graph exporters see plain ops); everywhere else the same plain ops run.
 Up to 256 rows `PackedLinear`'s MKL path is faster and takes precedence (`fuse_above_rows`).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn as nn
@@ -55,14 +57,19 @@ def can_fuse(x: torch.Tensor, *linears: nn.Module, activation: str | None = None
     )
 
 
+# Linear -> (weight_key, oneDNN weight). Kept beside the modules, not on them: a oneDNN tensor has no
+# storage that `copy.deepcopy` or pickling could copy, and a cache is no part of the model anyway.
+_onednn_weights: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _onednn_weight(linear: nn.Linear) -> torch.Tensor:
-    weight = linear.weight
-    key = weight_key(weight)
-    if getattr(linear, "_onednn_key", None) != key:
+    key = weight_key(linear.weight)
+    cached = _onednn_weights.get(linear)
+    if cached is None or cached[0] != key:
         with torch.no_grad():
-            linear._onednn_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_FOR_ROWS)
-        linear._onednn_key = key
-    return linear._onednn_weight
+            cached = key, torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), PACK_FOR_ROWS)
+        _onednn_weights[linear] = cached
+    return cached[1]
 
 
 def fused_linear(linear: nn.Linear, x: torch.Tensor, activation: str | None = None,

@@ -179,6 +179,8 @@ class BertModel(nn.Module):
         """`forward(...)[1]` alone, (B, H), for less work: the last layer's attention output projection
         and feed-forward run for the [CLS] rows only (its keys and values still come from every
         token), as for pretraining's NSP. What a sequence classifier needs, in training too."""
+        if self.pooler is None:
+            raise ValueError("this BertModel has no pooler (add_pooler=False)")
         input_ids, segment_ids, valid_lengths = _unpack_batch(input_ids, segment_ids, valid_lengths)
         if self.scripted_encoder is not None:
             out = self.scripted_encoder(input_ids, segment_ids, valid_lengths, attention_mask, cls_only=True)

@@ -79,3 +79,20 @@ def test_model_inference_with_fused_layers_matches_plain_layers(monkeypatch, min
     mask = batch.attention_mask
     for f, p in zip(fused, plain):
         assert (f - p)[mask].abs().max() < 1e-5
+
+
+def test_model_still_deep_copies_and_pickles_after_fused_inference():
+    """The oneDNN weight cache lives beside the model: an opaque oneDNN tensor has no storage to copy."""
+    import copy
+    import pickle
+
+    cfg = bertkit.BertConfig.from_preset("bert_2_128_2", vocab_size=100)
+    model = randomize_(bertkit.BertModel(cfg)).eval()
+    ids = torch.randint(5, 100, (4, 80))  # 320 rows: the fused path
+    with torch.inference_mode():
+        assert can_fuse(torch.zeros(320, 128), model.layers[0].qkv)
+        out, _ = model(ids)
+    twin = copy.deepcopy(model)
+    restored = pickle.loads(pickle.dumps(model))
+    with torch.inference_mode():
+        assert torch.equal(twin(ids)[0], out) and torch.equal(restored(ids)[0], out)

@@ -191,7 +191,8 @@ def test_pooled_output_alone_equals_the_full_forward(scripted):
     model = tiny(seed=3)
     if scripted:
         use_scripted_encoder(model)
-    for ids, segs, lengths in [(*inputs(1, 10), None), (*inputs(3, 12), torch.tensor([12, 7, 3]))]:
+    # one sentence, an unpadded batch (strided [CLS] rows in the script), a padded batch
+    for ids, segs, lengths in [(*inputs(1, 10), None), (*inputs(3, 12), None), (*inputs(3, 12), torch.tensor([12, 7, 3]))]:
         with torch.inference_mode():
             alone = model.pooled_output(ids, segs, lengths)
             _, full = model(ids, segs, lengths)
@@ -217,3 +218,9 @@ def test_classifier_gradients_are_unchanged_by_the_cls_only_last_layer():
     assert abs(loss - ref_loss) < 1e-6 and grads.keys() == ref_grads.keys()
     for name, g in grads.items():
         assert (g - ref_grads[name]).abs().max() < 1e-5, name
+
+
+def test_pooled_output_without_a_pooler_is_a_clear_error():
+    model = use_scripted_encoder(_no_pooler())
+    with torch.inference_mode(), pytest.raises(ValueError, match="no pooler"):
+        model.pooled_output(*inputs(1, 5))
