@@ -243,6 +243,13 @@ class BertTokenizer:
             + "\n"
         )
 
+    def save_tokenizer_json(self, path: str | Path) -> None:
+        """Write the whole pipeline (normalizer, pre-tokenizer, WordPiece, [CLS]/[SEP] template) as a
+        `tokenizers` tokenizer.json, without truncation: what a program that has only the `tokenizers`
+        library needs (an export directory)."""
+        self._no_truncation()
+        self._backend.save(str(path))
+
     @classmethod
     def from_dir(cls, directory: str | Path) -> "BertTokenizer":
         """Load from a checkpoint directory: `vocab.txt` plus casing from `tokenizer_config.json`."""

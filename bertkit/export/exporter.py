@@ -114,8 +114,7 @@ def _export(model, head, directory, graph, batches, fmt, out, quantize, max_len,
 
     # the tokenizer and config travel with the model
     tokenizer.save(out)
-    tokenizer._no_truncation()  # the backend may hold an earlier max_len; the saved file should not
-    tokenizer._backend.save(str(out / "tokenizer.json"))
+    tokenizer.save_tokenizer_json(out / "tokenizer.json")
     shutil.copyfile(directory / "config.json", out / "config.json")
     recipe = SentenceRecipe.from_dir(directory)
     dims = {"hidden": cfg.hidden_size}
