@@ -73,12 +73,13 @@ def main():
         for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
             times[name].append(run(name))
     bertkit.fused_linear.can_fuse = can_fuse
-    plain = statistics.median(times[first := next(iter(variants))])
+    first = next(iter(variants))  # the baseline of the ratios
+    baseline = statistics.median(times[first])
     print(f"{args.inputs}, {args.threads} thread(s), median of {args.rounds} rounds, "
           f"{'freed memory kept' if args.keep_freed_memory else 'default malloc'}:")
     for name, ts in times.items():
         med = statistics.median(ts)
-        print(f"  {name:<16} {med:7.3f} s   {plain / med:5.2f}x {first}   ({' '.join(f'{t:.3f}' for t in ts)})")
+        print(f"  {name:<16} {med:7.3f} s   {baseline / med:5.2f}x {first}   ({' '.join(f'{t:.3f}' for t in ts)})")
 
 
 def encoder_variants(kind):

@@ -11,7 +11,8 @@ the kernel `torch.compile`'s CPU backend emits for Linear + GELU and Linear + ad
 after the products instead of before them; tests/test_fused_linear.py checks 1e-6 per layer).
 
 The weight is re-laid out once for oneDNN and cached beside the Linear module (not in it, so the
-model still deep-copies and pickles); the cache is rebuilt when the weight changes (an optimizer step, a load: see weight_versions.py).
+model still deep-copies and pickles); the cache is rebuilt when the weight changes (an optimizer
+step, a load: see weight_versions.py).
 The fused path is taken only for float32 tensors on the CPU with gradients off and outside
 tracing and compiling (the graph exporters see plain ops); everywhere else the same plain ops run.
 Up to 256 rows `PackedLinear`'s MKL path is faster and takes precedence (`fuse_above_rows`).
@@ -42,7 +43,8 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def _graph_capture() -> bool:
+def graph_capture() -> bool:
+    """Whether a tracer or compiler is recording the ops (then the plain ops must run, not a shortcut)."""
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
 
 
@@ -51,7 +53,7 @@ def can_fuse(x: torch.Tensor, *linears: nn.Module, activation: str | None = None
     Linear can ask for its own path up to `fuse_above_rows` rows (`PackedLinear` does)."""
     return (
         x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-        and (activation is None or activation in ACTIVATIONS) and not _graph_capture() and onednn_available()
+        and (activation is None or activation in ACTIVATIONS) and not graph_capture() and onednn_available()
         and all(isinstance(m, nn.Linear) and m.bias is not None and m.weight.dtype == torch.float32
                 and x.shape[0] > getattr(m, "fuse_above_rows", 0) for m in linears)
     )

@@ -17,9 +17,9 @@ from conftest import randomize_
 pytestmark = pytest.mark.skipif(not mkl_packing_available(), reason="PyTorch built without MKL")
 
 
-def tiny(cls=bertkit.BertModel, seed=0, **overrides):
+def tiny(cls=bertkit.BertModel, seed=0, pooler=True, **overrides):
     cfg = bertkit.BertConfig.from_preset("bert_2_128_2", vocab_size=200, **overrides)
-    return randomize_(cls(cfg), seed=seed).eval()
+    return randomize_(cls(cfg) if pooler else cls(cfg, add_pooler=False), seed=seed).eval()
 
 
 def inputs(batch=1, seqlen=9, seed=0):
@@ -56,13 +56,8 @@ def test_task_heads_and_a_model_without_pooler():
     assert ran and (fast - plain).abs().max() < 1e-5
     (start, end), (ref_start, ref_end), ran = outputs_both_ways(tiny(bertkit.BertForQuestionAnswering), ids, segs)
     assert ran and (start - ref_start).abs().max() < 1e-5 and (end - ref_end).abs().max() < 1e-5
-    (seq, pooled), (ref_seq, _), ran = outputs_both_ways(_no_pooler(), ids, segs)
+    (seq, pooled), (ref_seq, _), ran = outputs_both_ways(tiny(pooler=False), ids, segs)
     assert ran and pooled is None and (seq - ref_seq).abs().max() < 1e-5
-
-
-def _no_pooler():
-    cfg = bertkit.BertConfig.from_preset("bert_2_128_2", vocab_size=200)
-    return randomize_(bertkit.BertModel(cfg, add_pooler=False)).eval()
 
 
 def test_real_checkpoint_on_real_sentences(minilm, sst2_dev):
@@ -221,6 +216,6 @@ def test_classifier_gradients_are_unchanged_by_the_cls_only_last_layer():
 
 
 def test_pooled_output_without_a_pooler_is_a_clear_error():
-    model = use_scripted_encoder(_no_pooler())
+    model = use_scripted_encoder(tiny(pooler=False))
     with torch.inference_mode(), pytest.raises(ValueError, match="no pooler"):
         model.pooled_output(*inputs(1, 5))
