@@ -4,7 +4,9 @@ Contenders (all fp32 unless named int8; tokenization is done once beforehand and
   bertkit            bertkit's PyTorch BertModel (unpadded), torch.inference_mode()
   bertkit+packed     the same with MKL-packed Linear weights (bertkit.packed_linear)
   bertkit+scripted   bertkit+packed with the TorchScript encoder for unpadded inputs of up to 256 tokens
-                     (bertkit.scripted_encoder; what `bertkit serve`'s PyTorch backend runs)
+                     (bertkit.scripted_encoder with native=False)
+  bertkit+native     the same function in compiled kernels (bertkit.native_encoder; what
+                     `bertkit serve`'s PyTorch backend runs where a C++ compiler is present)
   bertkit+compile    the same under torch.compile(dynamic=True)            (with --compile)
   ort-transformers   transformers' BertModel through the standard ONNX path (torch.onnx.export, then
                      onnxruntime.transformers.optimizer's BERT fusions), ONNX Runtime
@@ -118,8 +120,10 @@ def build_contenders(args, workdir: Path, model, directory):
     out["bertkit"] = lambda b: model(b.input_ids, b.segment_ids, b.valid_lengths)
     packed = pack_linear_weights(copy.deepcopy(model))
     out["bertkit+packed"] = lambda b: packed(b.input_ids, b.segment_ids, b.valid_lengths)
-    scripted = use_scripted_encoder(pack_linear_weights(copy.deepcopy(model)))
+    scripted = use_scripted_encoder(pack_linear_weights(copy.deepcopy(model)), native=False)
     out["bertkit+scripted"] = lambda b: scripted(b.input_ids, b.segment_ids, b.valid_lengths)
+    native = use_scripted_encoder(pack_linear_weights(copy.deepcopy(model)))
+    out["bertkit+native"] = lambda b: native(b.input_ids, b.segment_ids, b.valid_lengths)
     if args.compile:
         compiled = torch.compile(model, dynamic=True)
         out["bertkit+compile"] = lambda b: compiled(b.input_ids, b.segment_ids, b.valid_lengths)
@@ -166,9 +170,9 @@ def time_contenders(contenders, batches, passes):
 
 def parity(contenders, model, batches):
     """max |contender - bertkit| of the last hidden states at real tokens, first 3 batches (fp32 ones;
-    bertkit+scripted takes its own path only for unpadded batches, so its check is at batch 1)."""
+    bertkit+scripted/native take their own path only for unpadded batches, so their check is at batch 1)."""
     out = {}
-    for name in ("bertkit+scripted", "ort-transformers", "ort-bertkit"):
+    for name in ("bertkit+scripted", "bertkit+native", "ort-transformers", "ort-bertkit"):
         if name in contenders:
             worst = 0.0
             for b in batches[:3]:

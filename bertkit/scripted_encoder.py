@@ -1,4 +1,4 @@
-"""A TorchScript copy of the encoder for small unpadded CPU inputs: one sentence at a time, fast.
+"""A flat copy of the encoder for small unpadded CPU inputs: one sentence at a time, fast.
 
 For one short sentence (SST-2 dev: 25 tokens on average) BERT's matrix multiplies are small and the
 rest of a forward pass is mostly Python: each of the ~100 PyTorch calls of a MiniLM forward costs a
@@ -14,6 +14,10 @@ as the layer needs:
 
     from bertkit.scripted_encoder import use_scripted_encoder
     use_scripted_encoder(model)    # in place; `bertkit serve`'s PyTorch backend does this
+
+The function runs as compiled kernels where they build (`native_encoder.py`: a C++ compiler on this
+machine; faster still, as attention, LayerNorm and GELU become single vectorized passes) and as
+TorchScript otherwise (`native=False` asks for TorchScript).
 
 The model stays an ordinary model (training, saving, GPU and padded inputs are untouched). The
 path is taken only under `torch.no_grad()` / `inference_mode()` in eval mode, for float32 CPU
@@ -34,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .fused_linear import graph_capture
+from .native_encoder import NativeEncoder, kernels_apply, load_kernels
 from .packed_linear import PACK_FOR_ROWS, PACKED_MAX_ROWS, mkl_packing_available
 from .weight_versions import ParametersWatch
 
@@ -112,8 +117,8 @@ class ScriptedEncoder:
     A plain object, not a submodule: the model's state dict, `.to()` and parameters are unchanged.
     The script is built on the first call that can use it and rebuilt when a parameter changes."""
 
-    def __init__(self, bert, max_tokens: int = PACKED_MAX_ROWS):
-        self.bert, self.max_tokens = bert, max_tokens
+    def __init__(self, bert, max_tokens: int = PACKED_MAX_ROWS, native: bool = True):
+        self.bert, self.max_tokens, self.native = bert, max_tokens, native
         self._script, self._built_from, self._watch = None, None, ParametersWatch(bert)
 
     def __call__(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None, cls_only=False):
@@ -132,16 +137,26 @@ class ScriptedEncoder:
             return None
         key = self._watch.key()
         if self._built_from != key:
-            self._script = _script(_FlatEncoder(bert)) if _plain_float_layers(bert) else None
+            self._script = self._build() if _plain_float_layers(bert) else None
             self._built_from = key
         if self._script is None:
             return None
         seq, pooled = self._script(input_ids, torch.zeros_like(input_ids) if segment_ids is None else segment_ids, cls_only)
         return seq, (pooled if bert.pooler is not None else None)
 
+    def _build(self):
+        flat = _FlatEncoder(self.bert)
+        kernels = load_kernels() if self.native and kernels_apply(self.bert.config) else None
+        return NativeEncoder(flat, kernels) if kernels is not None else _script(flat)
+
+    @property
+    def runs_native(self) -> bool:
+        """Whether the last built function is the compiled one (False: TorchScript, or not built yet)."""
+        return isinstance(self._script, NativeEncoder)
+
     def __deepcopy__(self, memo):
         # a deep-copied model gets its own (lazily built) script over its own tensors
-        return ScriptedEncoder(copy.deepcopy(self.bert, memo), self.max_tokens)
+        return ScriptedEncoder(copy.deepcopy(self.bert, memo), self.max_tokens, self.native)
 
 
 def _script(module: nn.Module) -> torch.jit.ScriptModule:
@@ -162,14 +177,18 @@ def _plain_float_layers(bert) -> bool:
         for m in linears + ([bert.pooler] if bert.pooler is not None else []))
 
 
-def use_scripted_encoder(model: nn.Module, max_tokens: int = PACKED_MAX_ROWS) -> nn.Module:
+def use_scripted_encoder(model: nn.Module, max_tokens: int = PACKED_MAX_ROWS, native: bool = True) -> nn.Module:
     """Give every BertModel inside `model` (in place) a scripted encoder for unpadded CPU inputs of
-    up to `max_tokens` tokens; returns `model`. Without MKL (no packed GEMM) the model is left as is."""
+    up to `max_tokens` tokens; returns `model`. Without MKL (no packed GEMM) the model is left as is.
+    With `native` the compiled kernels run it where they build (compiled now, on first use on this
+    machine), TorchScript otherwise."""
     from .model import BertModel
 
     if not mkl_packing_available():
         return model
     for m in model.modules():
         if isinstance(m, BertModel) and m.config.hidden_act in _ACTIVATION_CODES:
-            m.scripted_encoder = ScriptedEncoder(m, max_tokens)
+            m.scripted_encoder = ScriptedEncoder(m, max_tokens, native)
+            if native and kernels_apply(m.config):
+                load_kernels()
     return model

@@ -1,5 +1,6 @@
-"""bertkit.scripted_encoder: the TorchScript encoder for small unpadded CPU inputs equals the layer-by-layer
-path, steps aside wherever it does not apply, and follows every kind of weight change."""
+"""bertkit.scripted_encoder: the flat encoder for small unpadded CPU inputs (TorchScript, or the compiled
+kernels of native_encoder where they build) equals the layer-by-layer path, steps aside wherever it
+does not apply, and follows every kind of weight change."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 import bertkit
+from bertkit.native_encoder import load_kernels
 from bertkit.packed_linear import mkl_packing_available, pack_linear_weights
 from bertkit.scripted_encoder import use_scripted_encoder
 from bertkit.weight_versions import ParametersWatch
@@ -29,9 +31,9 @@ def inputs(batch=1, seqlen=9, seed=0):
     return ids, segs
 
 
-def outputs_both_ways(model, *args, **kwargs):
+def outputs_both_ways(model, *args, native=True, **kwargs):
     """(scripted outputs, layer-by-layer outputs) of the same model, and whether the script ran."""
-    scripted = use_scripted_encoder(copy.deepcopy(model))
+    scripted = use_scripted_encoder(copy.deepcopy(model), native=native)
     with torch.inference_mode():
         fast = scripted(*args, **kwargs)
         plain = model(*args, **kwargs)
@@ -41,10 +43,11 @@ def outputs_both_ways(model, *args, **kwargs):
 
 @pytest.mark.parametrize("batch,seqlen", [(1, 1), (1, 9), (3, 17), (2, 128)])
 @pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu"])
-def test_equals_the_layer_by_layer_path(batch, seqlen, act):
+@pytest.mark.parametrize("native", [False, True])
+def test_equals_the_layer_by_layer_path(batch, seqlen, act, native):
     model = tiny(hidden_act=act)
     ids, segs = inputs(batch, seqlen)
-    (seq, pooled), (ref_seq, ref_pooled), ran = outputs_both_ways(model, ids, segs, torch.full((batch,), seqlen))
+    (seq, pooled), (ref_seq, ref_pooled), ran = outputs_both_ways(model, ids, segs, torch.full((batch,), seqlen), native=native)
     assert ran
     assert seq.shape == ref_seq.shape and pooled.shape == ref_pooled.shape
     assert (seq - ref_seq).abs().max() < 1e-5 and (pooled - ref_pooled).abs().max() < 1e-5
@@ -60,8 +63,9 @@ def test_task_heads_and_a_model_without_pooler():
     assert ran and pooled is None and (seq - ref_seq).abs().max() < 1e-5
 
 
-def test_real_checkpoint_on_real_sentences(minilm, sst2_dev):
-    scripted = use_scripted_encoder(pack_linear_weights(copy.deepcopy(minilm)))
+@pytest.mark.parametrize("native", [False, True])
+def test_real_checkpoint_on_real_sentences(minilm, sst2_dev, native):
+    scripted = use_scripted_encoder(pack_linear_weights(copy.deepcopy(minilm)), native=native)
     with torch.inference_mode():
         for text in sst2_dev[:5]:
             batch = minilm.tokenizer([text])
@@ -69,6 +73,7 @@ def test_real_checkpoint_on_real_sentences(minilm, sst2_dev):
             ref_seq, ref_pooled = minilm(batch)
             assert (seq - ref_seq).abs().max() < 1e-5 and (pooled - ref_pooled).abs().max() < 1e-5
     assert scripted.scripted_encoder._script is not None
+    assert not native or scripted.scripted_encoder.runs_native or load_kernels() is None
 
 
 def test_steps_aside_where_it_does_not_apply():

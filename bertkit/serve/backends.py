@@ -106,7 +106,8 @@ class TorchBackend(Backend):
             from ..scripted_encoder import use_scripted_encoder
 
             # the small batches of light load: MKL-packed weights, and one sentence (or an unpadded
-            # group) runs the encoder as one TorchScript function instead of ~100 Python-level calls
+            # group) runs the encoder as one call into compiled kernels (TorchScript where they
+            # cannot be built) instead of ~100 Python-level calls
             use_scripted_encoder(pack_linear_weights(model))
         self.quantize = quantize
         self.model = model
