@@ -9,8 +9,9 @@
 //   registers, softmax with a polynomial exp, P.V accumulated in registers (no (T, T) tensor per head
 //   in memory, no bmm dispatch);
 // - add + LayerNorm in one pass per row; erf-GELU by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7).
-// Vectors are GCC/Clang vector extensions of 16 floats: one AVX-512 register, two AVX2 registers, four
-// SSE ones; the loader picks the instruction set from PyTorch's own CPU capability.
+// Vectors are GCC/Clang vector extensions as wide as the instruction set the loader compiles for
+// (PyTorch's own CPU capability): 16 floats with AVX-512, 8 with AVX2, 4 otherwise. A vector wider
+// than the target's registers is not split well by the compiler (AVX2 ran at half speed with 16).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -24,7 +25,14 @@
 namespace {
 
 using at::Tensor;
+#if defined(__AVX512F__)
 constexpr int64_t W = 16;  // floats per vector
+#elif defined(__AVX__)
+constexpr int64_t W = 8;
+#else
+constexpr int64_t W = 4;
+#endif
+constexpr int64_t HEAD_STEP = 16;  // head sizes: multiples of 16 up to 128, for every W
 typedef float vec __attribute__((vector_size(W * sizeof(float))));
 typedef int32_t ivec __attribute__((vector_size(W * sizeof(int32_t))));
 
@@ -33,21 +41,33 @@ inline void store(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
 inline vec splat(float s) { return vec{} + s; }
 inline vec vmax(vec a, vec b) { return a > b ? a : b; }
 
-// horizontal sum / max in four halving steps
-inline float hsum(vec v) {
-  v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-  v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-  v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-  v += __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+// horizontal sum / max in halving steps: swap halves, then quarters, ...
+inline vec swap_halves(vec v) {
+#if defined(__AVX512F__)
+  return __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+#elif defined(__AVX__)
+  return __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3);
+#else
+  return __builtin_shufflevector(v, v, 2, 3, 0, 1);
+#endif
+}
+template <typename Op>
+inline float reduce(vec v, Op op) {
+  v = op(v, swap_halves(v));
+#if defined(__AVX512F__)
+  v = op(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
+  v = op(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
+  v = op(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+#elif defined(__AVX__)
+  v = op(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5));
+  v = op(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6));
+#else
+  v = op(v, __builtin_shufflevector(v, v, 1, 0, 3, 2));
+#endif
   return v[0];
 }
-inline float hmax(vec v) {
-  v = vmax(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
-  v = vmax(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
-  v = vmax(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
-  v = vmax(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
-  return v[0];
-}
+inline float hsum(vec v) { return reduce(v, [](vec a, vec b) { return a + b; }); }
+inline float hmax(vec v) { return reduce(v, vmax); }
 
 // e^x for x <= 0: 2^n p(r) with Cephes' expf polynomial; n rounded by adding and subtracting 1.5 * 2^23
 inline vec exp_neg(vec x) {
@@ -117,10 +137,12 @@ void apply_gelu(Tensor& x) {  // x contiguous, numel a multiple of W
 
 // One head of one sequence: out rows (i, off:off+hd) = softmax(q_i K^T) V, q already scaled by 1/sqrt(hd).
 // tok: the sequence's first row of the fused (T, 3H) q|k|v projection. kt: hd*Tp floats, s: 4*Tp floats.
-template <int NV>
+template <int64_t hd>
 void attend_head(const float* tok, int64_t T, int64_t H, int64_t off, float* out, float* kt, float* s) {
-  constexpr int64_t hd = NV * W;
-  constexpr int R = NV <= 2 ? 4 : NV <= 4 ? 2 : 1;  // query rows per block, so the accumulators fit in registers
+  constexpr int NV = hd / W;  // vectors per head row
+  // query rows per block: as many as keep R * NV accumulators and NV loaded values in registers
+  constexpr int REGISTERS = W == 16 ? 32 : 16;
+  constexpr int R = 5 * NV <= REGISTERS - 2 ? 4 : 3 * NV <= REGISTERS - 2 ? 2 : 1;
   const int64_t stride = 3 * H, Tp = (T + W - 1) / W * W;
   for (int64_t j = 0; j < Tp; ++j)  // K^T, zero-padded to whole vectors of keys
     for (int64_t d = 0; d < hd; ++d) kt[d * Tp + j] = j < T ? tok[j * stride + H + off + d] : 0.f;
@@ -166,14 +188,14 @@ void attend_head(const float* tok, int64_t T, int64_t H, int64_t off, float* out
   }
 }
 
-template <int NV>
+template <int64_t hd>
 void attention_heads(const float* qkv, float* out, int64_t B, int64_t T, int64_t heads) {
-  const int64_t H = heads * NV * W, Tp = (T + W - 1) / W * W;
+  const int64_t H = heads * hd, Tp = (T + W - 1) / W * W;
   at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> kt(NV * W * Tp), scores(4 * Tp);
+    std::vector<float> kt(hd * Tp), scores(4 * Tp);
     for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / heads, off = (bh % heads) * NV * W;
-      attend_head<NV>(qkv + b * T * 3 * H, T, H, off, out + b * T * H, kt.data(), scores.data());
+      const int64_t b = bh / heads, off = (bh % heads) * hd;
+      attend_head<hd>(qkv + b * T * 3 * H, T, H, off, out + b * T * H, kt.data(), scores.data());
     }
   });
 }
@@ -182,15 +204,15 @@ Tensor attention(const Tensor& qkv, int64_t B, int64_t T, int64_t heads, int64_t
   Tensor out = at::empty({B * T, heads * hd}, qkv.options());
   const float* in = qkv.data_ptr<float>();
   float* o = out.data_ptr<float>();
-  switch (hd / W) {
-    case 1: attention_heads<1>(in, o, B, T, heads); break;
-    case 2: attention_heads<2>(in, o, B, T, heads); break;
-    case 3: attention_heads<3>(in, o, B, T, heads); break;
-    case 4: attention_heads<4>(in, o, B, T, heads); break;
-    case 5: attention_heads<5>(in, o, B, T, heads); break;
-    case 6: attention_heads<6>(in, o, B, T, heads); break;
-    case 7: attention_heads<7>(in, o, B, T, heads); break;
-    case 8: attention_heads<8>(in, o, B, T, heads); break;
+  switch (hd) {
+    case 16: attention_heads<16>(in, o, B, T, heads); break;
+    case 32: attention_heads<32>(in, o, B, T, heads); break;
+    case 48: attention_heads<48>(in, o, B, T, heads); break;
+    case 64: attention_heads<64>(in, o, B, T, heads); break;
+    case 80: attention_heads<80>(in, o, B, T, heads); break;
+    case 96: attention_heads<96>(in, o, B, T, heads); break;
+    case 112: attention_heads<112>(in, o, B, T, heads); break;
+    case 128: attention_heads<128>(in, o, B, T, heads); break;
   }
   return out;
 }
@@ -221,7 +243,7 @@ std::tuple<Tensor, Tensor> encode(const Tensor& ids, const Tensor& segs, bool cl
                                   const std::vector<Tensor>& packed, const std::vector<Tensor>& weights,
                                   const std::vector<Tensor>& biases, const std::vector<Tensor>& norms,
                                   int64_t heads, int64_t hd, double eps_d, int64_t activation, bool has_pooler) {
-  TORCH_CHECK(hd % W == 0 && hd <= 8 * W, "head size ", hd, " is not a multiple of ", W, " up to ", 8 * W);
+  TORCH_CHECK(hd % HEAD_STEP == 0 && hd <= 8 * HEAD_STEP, "head size ", hd, " is not a multiple of 16 up to 128");
   TORCH_CHECK(ids.dim() == 2 && ids.is_contiguous() && segs.sizes() == ids.sizes() && segs.is_contiguous() &&
               ids.scalar_type() == at::kLong && segs.scalar_type() == at::kLong, "ids and segment ids: contiguous int64 (B, T)");
   TORCH_CHECK(ids.size(1) <= position.size(0), "sequence length ", ids.size(1), " exceeds ", position.size(0), " positions");

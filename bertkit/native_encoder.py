@@ -23,7 +23,7 @@ from typing import Optional, Tuple
 import torch
 
 _SOURCE = Path(__file__).with_name("native_encoder.cpp")
-_VECTOR = 16  # floats per vector in the kernels
+_HEAD_STEP = 16  # the kernels take head sizes in multiples of 16 up to 128 (and widths in multiples of 16)
 # torch.backends.cpu.get_cpu_capability() -> compiler flags for the same instruction set
 _ISA_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma", "-mf16c"],
@@ -35,8 +35,8 @@ _loaded: Optional[Tuple[object, str]] = None  # (module or None, why not)
 
 def kernels_apply(config) -> bool:
     """Whether the kernels handle this model's shapes and activation."""
-    return (config.head_dim % _VECTOR == 0 and config.head_dim <= 8 * _VECTOR
-            and config.intermediate_size % _VECTOR == 0)
+    return (config.head_dim % _HEAD_STEP == 0 and config.head_dim <= 8 * _HEAD_STEP
+            and config.intermediate_size % _HEAD_STEP == 0)
 
 
 def load_kernels():
