@@ -186,8 +186,8 @@ def create_app(backend, batcher: DynamicBatcher, model_name: str, max_client_bat
                  "embedding": base64.b64encode(np.asarray(v, "<f4").tobytes()).decode() if fmt == "base64" else v.tolist()}
                 for i, v in enumerate(vectors)]
         n = sum(len(e) for e in encodings)
-        return {"object": "list", "data": data, "model": body.get("model") or model_name,
-                "usage": {"prompt_tokens": n, "total_tokens": n}}
+        return JSONResponse({"object": "list", "data": data, "model": body.get("model") or model_name,
+                             "usage": {"prompt_tokens": n, "total_tokens": n}})
 
     @app.post("/embed")
     async def tei_embed(request: Request):
@@ -205,7 +205,7 @@ def create_app(backend, batcher: DynamicBatcher, model_name: str, max_client_bat
         vectors = await results(futures)
         if flags["normalize"] and not backend.recipe.normalize:
             vectors = [v / max(float(np.linalg.norm(v)), 1e-12) for v in vectors]
-        return [v.tolist() for v in vectors]
+        return JSONResponse([v.tolist() for v in vectors])
 
     @app.post("/predict")
     async def predict(request: Request):
@@ -214,7 +214,7 @@ def create_app(backend, batcher: DynamicBatcher, model_name: str, max_client_bat
             need_head("/predict", "classification", "regression")
             items = texts_of(body, "inputs", pairs=True)
             futures = submit(encode("inputs", items, backend.max_len), "predict")
-        return await results(futures)
+        return JSONResponse(await results(futures))
 
     @app.post("/answer")
     async def answer(request: Request):
