@@ -11,7 +11,9 @@ the scripted encoder, and a classifier's [CLS]-only last layer.
   packed        MKL-packed weights for inputs of up to 256 rows (bertkit/packed_linear.py), no fusion
   fused+packed  both: packed up to 256 rows, fused above
   +scripted     fused+packed with the TorchScript encoder for unpadded inputs of up to 256 tokens
-                (bertkit/scripted_encoder.py; what `bertkit serve`'s PyTorch backend runs)
+                (bertkit/scripted_encoder.py, native=False)
+  +native       the same with the compiled kernels (bertkit/native_encoder.py; what `bertkit serve`'s
+                PyTorch backend runs where a C++ compiler is present)
 Inputs: "squad", three batches of 64 windows of about 120, 213 and 300 tokens (seeded random ids,
 the shapes of SQuAD prediction); "sentences", the first 150 SST-2 dev sentences one at a time;
 "classifier", all of SST-2 dev in length-sorted batches of 32 through a sequence classifier (the
@@ -86,7 +88,8 @@ def encoder_variants(kind):
     """name -> (callable, fused_linear's rule) over a QA model, and the inputs."""
     model = bertkit.load(bertkit.resolve("all-minilm-l6-v2"), head="question_answering").eval()
     packed = pack_linear_weights(copy.deepcopy(model))
-    scripted = use_scripted_encoder(pack_linear_weights(copy.deepcopy(model)))
+    scripted = use_scripted_encoder(pack_linear_weights(copy.deepcopy(model)), native=False)
+    native = use_scripted_encoder(pack_linear_weights(copy.deepcopy(model)))
     if kind == "squad":
         g = torch.Generator().manual_seed(0)
         inputs = []
@@ -100,7 +103,7 @@ def encoder_variants(kind):
         inputs = [(b.input_ids, b.segment_ids, b.valid_lengths) for b in encoded]
     never = lambda *a, **k: False  # noqa: E731
     return {"plain": (model, never), "fused": (model, can_fuse), "packed": (packed, never),
-            "fused+packed": (packed, can_fuse), "+scripted": (scripted, can_fuse)}, inputs
+            "fused+packed": (packed, can_fuse), "+scripted": (scripted, can_fuse), "+native": (native, can_fuse)}, inputs
 
 
 def classifier_variants():
