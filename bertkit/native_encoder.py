@@ -34,7 +34,7 @@ _loaded: Optional[Tuple[object, str]] = None  # (module or None, why not)
 
 
 def kernels_apply(config) -> bool:
-    """Whether the kernels handle this model's shapes and activation."""
+    """Whether the kernels handle this model's shapes (every activation of the script is handled)."""
     return (config.head_dim % _HEAD_STEP == 0 and config.head_dim <= 8 * _HEAD_STEP
             and config.intermediate_size % _HEAD_STEP == 0)
 
