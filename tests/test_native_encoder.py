@@ -137,6 +137,7 @@ def test_releases_the_gil_while_it_runs(kernels):
     with torch.inference_mode():
         model(ids, segs)
     worker = threading.Thread(target=encode_for_a_while)
+    interval = sys.getswitchinterval()
     sys.setswitchinterval(1.0)  # with the GIL held across calls, this thread would wait a whole second
     try:
         worker.start()
@@ -145,7 +146,7 @@ def test_releases_the_gil_while_it_runs(kernels):
             time.sleep(0.001)
         worker.join()
     finally:
-        sys.setswitchinterval(0.005)
+        sys.setswitchinterval(interval)
     assert model.scripted_encoder.runs_native and len(ticks) > 5
 
 
