@@ -54,11 +54,11 @@ def free_port():
 
 
 class Server:
-    def __init__(self, model, *args):
+    def __init__(self, model, *args, env=None):
         self.port = free_port()
         self.proc = subprocess.Popen([sys.executable, "-m", "bertkit", "serve", "--model", str(model), "--port",
                                       str(self.port), *map(str, args)], cwd=REPO, stderr=subprocess.PIPE, text=True,
-                                     env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+                                     env=dict(env or os.environ, TOKENIZERS_PARALLELISM="false"))
 
     def wait_ready(self, timeout=300):
         deadline = time.monotonic() + timeout

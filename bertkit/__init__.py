@@ -6,11 +6,18 @@
 
 Names are imported on first use (PEP 562), so `import bertkit` does not load torch: commands that
 never touch a model (`bertkit pretrain-data`, `tokenize`, `vocab`) start in a fraction of a second.
+Importing bertkit sets the OpenMP thread count and wait policy (bertkit/cpu/threads.py) unless the
+environment already does.
 """
 
 import importlib
 
+from .cpu.threads import configure_threads
+
 __version__ = "0.1.0"
+
+# Before anything imports torch: OpenMP reads its thread count and wait policy once, when it loads.
+configure_threads()
 
 # public name -> module that defines it
 _EXPORTS = {

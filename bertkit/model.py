@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import BertConfig
+from .cpu.threads import fit_threads
 from .dropout import Dropout, attention_with_dropout
 from .fused_linear import ACTIVATIONS, fused_linear
 from .padding import packed_rows, real_token_indices, repad, unpad
@@ -182,6 +183,7 @@ class BertModel(nn.Module):
         if self.pooler is None:
             raise ValueError("this BertModel has no pooler (add_pooler=False)")
         input_ids, segment_ids, valid_lengths = _unpack_batch(input_ids, segment_ids, valid_lengths)
+        fit_threads()  # as many threads as other processes leave CPUs free (cpu/threads.py)
         if self.scripted_encoder is not None:
             out = self.scripted_encoder(input_ids, segment_ids, valid_lengths, attention_mask, cls_only=True)
             if out is not None:
@@ -192,6 +194,7 @@ class BertModel(nn.Module):
 
     def forward(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None):
         input_ids, segment_ids, valid_lengths = _unpack_batch(input_ids, segment_ids, valid_lengths)
+        fit_threads()  # as many threads as other processes leave CPUs free (cpu/threads.py)
         if self.scripted_encoder is not None:  # small unpadded CPU inputs at inference; None where it does not apply
             out = self.scripted_encoder(input_ids, segment_ids, valid_lengths, attention_mask)
             if out is not None:
@@ -235,6 +238,7 @@ class BertForPreTraining(nn.Module):
         the MLM logits come back flat, (M, V) for those M positions in row-major order: padding
         slots of a shard's fixed-width prediction arrays cost nothing."""
         input_ids, segment_ids, valid_lengths = _unpack_batch(input_ids, segment_ids, valid_lengths)
+        fit_threads()  # as many threads as other processes leave CPUs free (cpu/threads.py)
         if masked_positions is None:
             seq, pooled = self.bert(input_ids, segment_ids, valid_lengths, attention_mask)
             return self.mlm_logits(seq), self.nsp(pooled)

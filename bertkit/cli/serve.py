@@ -2,6 +2,8 @@
 
 import threading
 
+MAX_WORKERS = 8  # batches in flight at once at most (each holds its activations)
+
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="a checkpoint directory or name, or an export directory (bertkit export)")
@@ -37,6 +39,7 @@ def run(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from ..cpu.threads import configure_threads, follows_machine
     from ..serve.app import create_app
     from ..serve.backends import load_backend
     from ..serve.batcher import DynamicBatcher
@@ -46,13 +49,16 @@ def run(args):
 
     backend = _on_a_passing_thread(lambda: load_backend(args.model, args.backend, threads=args.threads,
                                                         quantize=args.quantize, log=log))
-    batcher = DynamicBatcher(backend.forward, args.max_batch_size, args.max_wait_ms, args.max_queue)
+    # torch on a CPU whose thread count bertkit chooses: batches run side by side under load (batcher.py)
+    workers = 1 if args.threads or not backend.concurrent_forwards or not follows_machine() else \
+        min(MAX_WORKERS, configure_threads().threads)
+    batcher = DynamicBatcher(backend.forward, args.max_batch_size, args.max_wait_ms, args.max_queue, workers=workers)
     app = create_app(backend, batcher, str(args.model), max_client_batch_size=args.max_client_batch_size)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=None)
     server = uvicorn.Server(config)
     log(f"{backend.head} model on {backend.name}, batches of up to {args.max_batch_size} "
-        f"(wait {args.max_wait_ms:g} ms); listening on http://{args.host}:{args.port}")
+        f"(wait {args.max_wait_ms:g} ms, {workers} at a time under load); listening on http://{args.host}:{args.port}")
     try:
         server.run()  # SIGTERM / Ctrl-C: stop accepting, finish the accepted requests, exit
     except SystemExit as e:  # uvicorn exits 1 when it cannot bind the port

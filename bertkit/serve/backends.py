@@ -33,6 +33,7 @@ def softmax_labels(logits: np.ndarray, labels: list | None) -> list[dict]:
 
 class Backend:
     name = ""
+    concurrent_forwards = False  # whether batches may run on several threads at once
     head: str
     labels: list | None
     max_len: int
@@ -85,6 +86,7 @@ class TorchBackend(Backend):
     """A checkpoint on bertkit's own PyTorch model (unpadded forward)."""
 
     name = "torch"
+    concurrent_forwards = True  # inference only: the model's tensors are read, never written
 
     def __init__(self, directory: Path, quantize: str | None = None):
         from ..checkpoint import head_of, load
