@@ -34,12 +34,15 @@ def test_info(minilm, minilm_dir):
     assert f"model       {minilm_dir}" in r.stdout
     assert f"BertModel (bert_6_384_12, {count_parameters(minilm):,} parameters)" in r.stdout
     assert "vocabulary  30522 WordPiece tokens, uncased" in r.stdout and "heads       pooler" in r.stdout
+    threads_line = r.stdout.splitlines()[-1]
+    assert threads_line.startswith("threads: ") and "wait " in threads_line  # what was chosen and why
     r = run_cli("info", minilm_dir, "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["shape"] == "bert_6_384_12" and report["parameters"] == count_parameters(minilm)
     assert report["heads_present"] == ["pooler"] and report["vocab_size"] == 30522 and report["lowercase"] is True
     assert report["initialised_tensors"] == [] and report["unused_tensors"] == []
+    assert report["threads"] == threads_line
     assert report["config"]["hidden_size"] == 384 and report["config"]["num_hidden_layers"] == 6
 
 

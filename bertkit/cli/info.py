@@ -11,6 +11,7 @@ def run(args):
     import json
 
     from ..checkpoint import load
+    from ..cpu.threads import describe
     from ..model import count_parameters
 
     model = load(args.model)
@@ -27,6 +28,7 @@ def run(args):
         "lowercase": model.tokenizer.lowercase if model.tokenizer else None,
         "initialised_tensors": model.load_report["missing"],
         "unused_tensors": model.load_report["unexpected"],
+        "threads": describe(),
     }
     if args.json:
         print(json.dumps(report))
@@ -43,6 +45,7 @@ def run(args):
         print(f"  {key:<25} {report['config'][key]}")
     if report["unused_tensors"]:
         print(f"unused      {len(report['unused_tensors'])} tensor(s) in the file not used by this model")
+    print(report["threads"])
 
 
 def _heads_present(model):

@@ -49,9 +49,10 @@ WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 # idle threads spin about 0.1 ms (libgomp: spins) / 1 ms (Intel's and LLVM's runtimes) before they sleep
 WAIT_SETTINGS = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
 SAMPLE_SECONDS = 0.2  # how often the machine is measured while the model is in use
-IDLE_SECONDS = 10.0  # no model call for this long: stop measuring
+IDLE_SECONDS = 60.0  # no model call for this long: stop measuring (a neighbour seen while idle still counts)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+SET_MARKER = "BERTKIT_SET_THREAD_VARIABLES"  # what bertkit put in the environment, for child processes to tell
 
 
 @dataclass
@@ -159,6 +160,12 @@ def configure_threads(environ=None, quota: float | None | str = "read", affinity
     affinity = affinity_cpus() if affinity is None else affinity
     quota = cgroup_cpu_quota() if quota == "read" else quota
     settings = ThreadSettings(threads=thread_budget(affinity, quota), affinity=affinity, quota=quota)
+    # Variables a parent bertkit process set (and a child inherited) are not the user's choice
+    for item in env.get(SET_MARKER, "").split(","):
+        name, _, value = item.partition("=")
+        if name and env.get(name) == value:
+            del env[name]
+    env.pop(SET_MARKER, None)
     if env.get("BERTKIT_THREADS", "").lower() == "default":
         settings.notes.append("BERTKIT_THREADS=default: the runtime's own defaults")
         settings.threads = 0
@@ -169,6 +176,8 @@ def configure_threads(environ=None, quota: float | None | str = "read", affinity
         if not any(k in env for k in WAIT_VARIABLES):
             for k, v in WAIT_SETTINGS.items():
                 env[k] = settings.set_variables[k] = v
+        if settings.set_variables:
+            env[SET_MARKER] = ",".join(f"{k}={v}" for k, v in settings.set_variables.items())
         if environ is None and "torch" in sys.modules:
             _adjust_loaded_torch(settings, env)
     if environ is None:
