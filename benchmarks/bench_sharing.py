@@ -172,8 +172,11 @@ class Worker:
 
 
 def setting_env(name):
+    from bertkit.cpu.threads import SET_MARKER
+
+    # this process imported bertkit too: nothing of its own thread settings may reach the setting's process
     env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "BERTKIT_THREADS")}
+           if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "BERTKIT_THREADS", SET_MARKER)}
     return {**env, **SETTINGS[name]}
 
 

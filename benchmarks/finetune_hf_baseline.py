@@ -68,6 +68,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--batching", choices=("random", "bucketed"), default="random")
+    p.add_argument("--max-train-examples", type=int, help="train on a seeded random subset of N examples (bertkit's subset)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,8 +86,11 @@ def main():
     model = BertForSequenceClassification.from_pretrained(directory, num_labels=n_labels)
     index = {l: i for i, l in enumerate(data.labels or [])}
     target = (lambda e: float(e.label)) if task.kind == "regression" else (lambda e: index[e.label])
-    train_ids, train_segs = encode(tok, data.train, args.max_len)
-    y_train = torch.tensor([target(e) for e in data.train])
+    train = data.train
+    if args.max_train_examples and args.max_train_examples < len(train):  # the rows bertkit finetune keeps
+        train = [train[i] for i in np.sort(rng.permutation(len(train))[: args.max_train_examples])]
+    train_ids, train_segs = encode(tok, train, args.max_len)
+    y_train = torch.tensor([target(e) for e in train])
     dev_name, dev = next(iter(data.dev.items()))
     dev_ids, dev_segs = encode(tok, dev, args.max_len)
     y_dev = np.array([target(e) for e in dev])

@@ -25,6 +25,9 @@ def add_arguments(p):
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm, 0 for none (default 1.0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-batch-size", type=int, default=128)
+    p.add_argument("--bucket-batches", type=int, default=None, metavar="N",
+                   help="training batches hold texts of similar length: the shuffled training set is cut into "
+                        "groups of N batches, each sorted by length (1: plain shuffled batches)")
     p.add_argument("--max-train-examples", type=int, metavar="N", help="train on a seeded random subset of N examples")
     p.add_argument("--regression", action="store_true", help="--task text: labels are numbers (MSE loss, Pearson/Spearman)")
     p.add_argument("--lang", default="en", help="--task xnli: the language (default en)")
@@ -50,6 +53,8 @@ def run(args):
         accumulate=args.accumulate, max_grad_norm=args.max_grad_norm, eval_batch_size=args.eval_batch_size,
         max_train_examples=args.max_train_examples, progress=not args.quiet, eval_before=args.eval_before,
     )
+    if args.bucket_batches is not None:
+        config.bucket_batches = args.bucket_batches
     if args.task in TAGGING_TASKS:
         from ..tagging.train import finetune_tagging
 

@@ -11,7 +11,8 @@ Intel's libiomp5 or LLVM's libomp). Its defaults go wrong on shared machines:
 - **Neighbours.** Each parallel region splits its work evenly over the pool and ends when the last
   part does. When another process keeps one of our CPUs busy, the part on that CPU waits for a time
   slice, and threads that spin while they wait give the neighbour even more reason to be scheduled
-  first: with one busy neighbour on two cores an embedding call became 2-7x slower, 25x at worst.
+  first: with one busy neighbour on two cores an embedding call became 1.8-2.1x slower (p99 6-7.5x)
+  and a training step 2.9x.
   So the count follows the machine: while the model is in use, a daemon thread reads /proc/stat
   every 0.2 s to see how much of our CPUs other processes used, and `fit_threads()`, called by the
   model at each forward pass, runs on the CPUs they left free (rounded, at least 1, at most the
@@ -19,13 +20,13 @@ Intel's libiomp5 or LLVM's libomp). Its defaults go wrong on shared machines:
 - **Waiting.** Between regions idle threads spin for a while before they sleep (libgomp: 300,000
   spins, a few ms). `GOMP_SPINCOUNT=10000` / `KMP_BLOCKTIME=1` (about 0.1-1 ms) keeps the quick
   hand-over between the many small regions of a forward pass, and idle threads sleep soon after.
-  `OMP_WAIT_POLICY=PASSIVE` (sleep at once) costs 15-40% on a quiet machine; the measurements that
+  `OMP_WAIT_POLICY=PASSIVE` (sleep at once) costs 12-49% on a quiet machine; the measurements that
   chose these settings are in docs/benchmarks.md, "Sharing" (`benchmarks/bench_sharing.py`).
 
 The runtime reads its variables once, when its library is loaded (libgomp at `import torch`), so
 `configure_threads()` runs at `import bertkit`, which does not import torch: the `bertkit` command,
 `bertkit serve` and every Python entry point get it. What the user has set wins: `OMP_NUM_THREADS`
-fixes the count (no following the machine), any of `OMP_WAIT_POLICY`, `GOMP_SPINCOUNT`,
+(or `MKL_NUM_THREADS`) fixes the count (no following the machine), any of `OMP_WAIT_POLICY`, `GOMP_SPINCOUNT`,
 `KMP_BLOCKTIME` fixes the waiting, `torch.set_num_threads` (or a command's `--threads`) after
 import stops the following, and `BERTKIT_THREADS=default` leaves everything to the runtime. When
 torch was imported before bertkit, only the count can still change; `describe()` says so, and
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # The variables a user may set to override each choice (any one of them set = the user decides).
-COUNT_VARIABLES = ("OMP_NUM_THREADS",)
+COUNT_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # torch sizes its pool from either
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 # idle threads spin about 0.1 ms (libgomp: spins) / 1 ms (Intel's and LLVM's runtimes) before they sleep
 WAIT_SETTINGS = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
@@ -170,7 +171,7 @@ def configure_threads(environ=None, quota: float | None | str = "read", affinity
         settings.notes.append("BERTKIT_THREADS=default: the runtime's own defaults")
         settings.threads = 0
     else:
-        settings.user_variables = {k: env[k] for k in COUNT_VARIABLES + WAIT_VARIABLES + ("MKL_NUM_THREADS",) if k in env}
+        settings.user_variables = {k: env[k] for k in COUNT_VARIABLES + WAIT_VARIABLES if k in env}
         if not any(k in env for k in COUNT_VARIABLES):
             env["OMP_NUM_THREADS"] = settings.set_variables["OMP_NUM_THREADS"] = str(settings.threads)
         if not any(k in env for k in WAIT_VARIABLES):
@@ -206,9 +207,8 @@ def describe(settings: ThreadSettings | None = None) -> str:
     if s.threads == 0:
         return f"threads: {'; '.join(s.notes)} ({seen})"
     parts = []
-    count = s.user_variables.get("OMP_NUM_THREADS")
-    parts.append(f"{count} (OMP_NUM_THREADS as set)" if count is not None else
-                 f"{s.threads} ({seen}), fewer while other processes keep these CPUs busy")
+    count = next((f"{s.user_variables[k]} ({k} as set)" for k in COUNT_VARIABLES if k in s.user_variables), None)
+    parts.append(count or f"{s.threads} ({seen}), fewer while other processes keep these CPUs busy")
     waits = {k: v for k, v in s.user_variables.items() if k in WAIT_VARIABLES}
     if waits:
         parts.append("wait " + ", ".join(f"{k}={v}" for k, v in waits.items()) + " as set")
