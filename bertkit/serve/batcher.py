@@ -154,6 +154,7 @@ class DynamicBatcher:
 
     def _work(self, worker: int) -> None:
         while (batch := self._next_batch(worker)) is not None:
+            results, error = None, None
             try:
                 if batch[0].task == "call":
                     with self.calls_alone:
@@ -164,16 +165,16 @@ class DynamicBatcher:
                     with self.cond:
                         self.batches_run += 1
                         self.inputs_run += len(batch)
-                for item, result in zip(batch, results):
-                    item.loop.call_soon_threadsafe(_resolve, item.future, result, None)
+                if len(results) != len(batch):
+                    raise RuntimeError(f"the model gave {len(results)} results for {len(batch)} inputs")
             except BaseException as e:  # noqa: BLE001 - a failed batch fails its own requests, not the server
-                for item in batch:
-                    item.loop.call_soon_threadsafe(_resolve, item.future, None, e)
-            finally:
-                if worker == 0:
-                    with self.cond:
-                        self.first_busy = False
-                        self.cond.notify_all()
+                error = e
+            if worker == 0:  # free before the answers go out, so the next request finds it free
+                with self.cond:
+                    self.first_busy = False
+                    self.cond.notify_all()
+            for k, item in enumerate(batch):
+                item.loop.call_soon_threadsafe(_resolve, item.future, None if error else results[k], error)
 
 
 def _resolve(future: asyncio.Future, result, error) -> None:
