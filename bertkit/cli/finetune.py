@@ -26,8 +26,8 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-batch-size", type=int, default=128)
     p.add_argument("--bucket-batches", type=int, default=None, metavar="N",
-                   help="training batches hold texts of similar length: the shuffled training set is cut into "
-                        "groups of N batches, each sorted by length (1: plain shuffled batches)")
+                   help="sort groups of N training batches by length: less padding, faster, but batches of "
+                        "similar texts score lower (default 1: plain shuffled batches)")
     p.add_argument("--max-train-examples", type=int, metavar="N", help="train on a seeded random subset of N examples")
     p.add_argument("--regression", action="store_true", help="--task text: labels are numbers (MSE loss, Pearson/Spearman)")
     p.add_argument("--lang", default="en", help="--task xnli: the language (default en)")

@@ -4,9 +4,13 @@
     results = finetune("mrpc", "glue_data/MRPC", "all-minilm-l6-v2", "out/mrpc", FinetuneConfig(epochs=3))
 
 The pooled [CLS] vector feeds a fresh linear head (cross-entropy for classification, mean squared
-error for regression). Batches hold texts of similar length: the training set is shuffled, cut
-into chunks of `bucket_batches` batches, each chunk sorted by length and cut into batches, and the
-batches shuffled again, so padding is small yet every epoch sees a new order. After each epoch the
+error for regression). Batches are drawn at random: each epoch shuffles the training set and cuts it
+into batches. `bucket_batches` = N > 1 instead sorts groups of N batches by length (less padding
+for attention, which is the only part of bertkit's model that computes on padding), but a batch of
+texts of similar length is a batch of similar texts (CoNLL's short sports-table rows, SST-2's
+one-word phrases): its gradient is correlated, and with N = 50, bertkit's default until issue 18,
+the CoNLL tagging split scored 5.4 F1 points below random batches (docs/results.md, "Why bertkit
+scored lower"). After each epoch the
 dev set is scored with the task's metrics; the weights of the best epoch (by the task's main
 metric on its first dev split) are what `out` holds at the end, as a checkpoint directory that
 bertkit and transformers load, with `eval_results.json` and `metrics.jsonl` beside it.
@@ -51,7 +55,7 @@ class FinetuneConfig:
     max_grad_norm: float = 1.0  # 0 turns clipping off
     eval_batch_size: int = 128
     max_train_examples: int | None = None  # a seeded random subset of the training set
-    bucket_batches: int = 50  # batches per length-sorted chunk
+    bucket_batches: int = 1  # batches per length-sorted group; 1: plain shuffled batches (see the module docstring)
     log_every: int = 50  # optimizer steps between metrics.jsonl rows
     progress: bool = True  # a tqdm bar per epoch (stderr)
     eval_before: bool = False  # score the dev set before training too (epoch 0)
@@ -156,7 +160,8 @@ class Encoded:
 
 
 def bucket_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, chunk_batches: int = 50) -> list[np.ndarray]:
-    """Batches of similar-length rows: shuffle, sort within chunks of `chunk_batches` batches, shuffle batches."""
+    """Every row once: shuffle, sort within chunks of `chunk_batches` batches, cut into batches, shuffle
+    the batches. `chunk_batches=1` gives plain random batches (consecutive slices of one permutation)."""
     order = rng.permutation(len(lengths))
     batches = []
     chunk = batch_size * chunk_batches
