@@ -3,7 +3,8 @@
 A training step (forward, token cross-entropy with -100 off the first pieces, backward, clip, AdamW
 step) of bertkit's BertForTokenClassification and of transformers' (sdpa attention), alternating
 batch by batch. `--batching recipe` (default) gives each the batches of its own run in
-docs/results.md: bertkit's length-bucketed windows (`bertkit finetune`), transformers' shuffled
+docs/results.md: bertkit's windows as `bertkit finetune` draws them (random batches since issue 18;
+`--bucket-batches 50` for the length-sorted groups it used before), transformers' shuffled
 batches padded to their longest row (benchmarks/tagging_hf_baseline.py); both cover the same
 sentences, batch i of each being the i-th of an epoch. `--batching same` gives both bertkit's
 batches (the models alone). Prints the median seconds per batch, the total, and the ratio.
@@ -25,7 +26,7 @@ import bertkit
 from bertkit.checkpoint import resolve
 from bertkit.tagging.conll import load_tagging_data
 from bertkit.tagging.train import TaggedWindows
-from bertkit.train.finetune import bucket_batches
+from bertkit.train.finetune import FinetuneConfig, bucket_batches
 from bertkit.train.optim import param_groups
 
 
@@ -38,6 +39,8 @@ def main():
     p.add_argument("--max-len", type=int, default=128)
     p.add_argument("--threads", type=int)
     p.add_argument("--batching", choices=("recipe", "same"), default="recipe")
+    p.add_argument("--bucket-batches", type=int, default=FinetuneConfig().bucket_batches,
+                   help="bertkit's batches: groups of N sorted by length (default: bertkit finetune's, 1 = random)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -51,7 +54,7 @@ def main():
     hf.classifier.load_state_dict(ours.classifier.state_dict())
     train = TaggedWindows(ours.tokenizer, [s.words for s in data.train], [[index[t] for t in s.tags] for s in data.train], args.max_len)
     rng = np.random.default_rng(0)
-    ours_batches = bucket_batches(train.lengths, args.batch_size, rng)[: args.batches + 1]
+    ours_batches = bucket_batches(train.lengths, args.batch_size, rng, args.bucket_batches)[: args.batches + 1]
     if args.batching == "same":
         hf_batches = ours_batches
     else:
