@@ -42,6 +42,7 @@ VARIANTS = {
     "torch-dropout": ("bertkit", ["--bucket-batches", "50"], "torch_dropout"),
     "eps-1e-8": ("bertkit", ["--bucket-batches", "50", "--epsilon", "1e-8"], None),
     "full-last-layer": ("bertkit", ["--bucket-batches", "50"], "full_last_layer"),
+    "random-2-epochs": ("bertkit", ["--epochs", "2"], None),  # time-to-accuracy: bertkit spends its speed on a second epoch
     "transformers": ("hf", [], None),
     "transformers-bucketed": ("hf", ["--batching", "bucketed"], None),
 }
