@@ -328,6 +328,9 @@ class _MachineFollower:
 
 
 _follower = _MachineFollower()
+if hasattr(os, "register_at_fork"):  # a forked child (a data-loader worker) starts with a fresh lock and no sampler
+    os.register_at_fork(after_in_child=lambda: _follower.__dict__.update(
+        _lock=threading.Lock(), _sampler=None, concurrent=0))
 
 
 def follows_machine() -> bool:
