@@ -112,13 +112,14 @@ def command(task: str, variant: str, seed: int, out: Path, data: Path, args) -> 
     impl, flags, patch = VARIANTS[variant]
     common = ["--model", args.model, "--out", str(out), "--epochs", "1", "--lr", "1e-4", "--batch-size", "32",
               "--max-len", "128", "--seed", str(seed), "--threads", "1"]
+    # the HF tagging baseline reads conll2003 by itself; every other job names its task
+    task_flags = ["--data-dir", str(data)] if task == "tags" else \
+        ["--task", "sst-2", "--data-dir", str(data), "--max-train-examples", str(args.sst2_examples)]
     if impl == "hf":
         script = "tagging_hf_baseline.py" if task == "tags" else "finetune_hf_baseline.py"
-        task_flags = ["--data-dir", str(data)] if task == "tags" else ["--task", "sst-2", "--data-dir", str(data),
-                                                                       "--max-train-examples", str(args.sst2_examples)]
         return [sys.executable, str(REPO / "benchmarks" / script), *task_flags, *common, *flags]
-    task_flags = (["--task", "conll2003", "--data-dir", str(data)] if task == "tags" else
-                  ["--task", "sst-2", "--data-dir", str(data), "--max-train-examples", str(args.sst2_examples)])
+    if task == "tags":
+        task_flags = ["--task", "conll2003", *task_flags]
     return [sys.executable, __file__, "--child", patch or "none", "finetune", *task_flags, *common, *flags, "--quiet"]
 
 
@@ -127,7 +128,7 @@ def score(out: Path, task: str) -> float | None:
     if not f.is_file():
         return None
     r = json.loads(f.read_text())
-    dev = r.get("dev") or r.get("dev_metrics") or {}
+    dev = r.get("dev") or {}
     value = dev.get("f1") if task == "tags" else dev.get("accuracy")
     return None if value is None else 100 * value
 
