@@ -4,7 +4,8 @@
         --predict runs/squad/data/squad1.1-eval.json --out runs/squad/v1.1-hf --threads 1 --epochs 1 --lr 1e-4
 
 Everything but the model is bertkit's and shared with `bertkit squad`: the features (windows,
-max-context flags, targets), the batch order (same seed), the loss, fused AdamW, the schedule,
+max-context flags, targets), the batch order (same seed; random batches as `bertkit squad` draws
+them, or `--bucket-batches N` for length-sorted groups of N batches), the loss, fused AdamW, the schedule,
 gradient clipping, post-processing and the metric. Only the network differs: transformers'
 `BertForQuestionAnswering` (its default attention, padded batches) behind a three-line adapter.
 So the F1 difference is seed noise plus numerics, and the time difference is the model's.
@@ -47,6 +48,7 @@ def main():
     p.add_argument("--doc-stride", type=int, default=128)
     p.add_argument("--max-query-length", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bucket-batches", type=int, default=1, metavar="N", help="length-sorted groups of N batches (1: random)")
     p.add_argument("--threads", type=int)
     args = p.parse_args()
     from bertkit.cpu_allocator import keep_freed_memory
@@ -80,7 +82,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "metrics.jsonl", "w") as log_file:
         epochs = train_spans(model, features, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             accumulate=args.accumulate,
+                             accumulate=args.accumulate, bucket_chunk=args.bucket_batches,
                              log=lambda row: (log_file.write(json.dumps(row) + "\n"), log_file.flush()))
     data = read_squad(args.predict, args.version_2)
     eval_features = make_features(data.examples, tokenizer, **options)

@@ -7,7 +7,10 @@ scores. Tasks:
 - `tags`: CoNLL-2003 `eng.testa` as the training set, the first 1,500 sentences of `eng.testb` as dev,
   1 epoch, lr 1e-4, batch 32, entity F1 (the split where the gap shows in minutes);
 - `sst2`: a seeded subset of SST-2 train (`--sst2-examples`, default 4,000), the whole dev set, 1 epoch,
-  lr 1e-4, batch 32, accuracy.
+  lr 1e-4, batch 32, accuracy;
+- `squad`: SQuAD 1.1's article split (`scripts/squad_splits.py`: 7,595 training questions on 32
+  articles, 2,975 evaluation questions on 16 others), 1 epoch, lr 1e-4, 16 windows x accumulate 2
+  of up to 384 tokens, stride 128, F1 of the official metric.
 Variants (`VARIANTS`): bertkit as it was (batches sorted by length in groups of 50); one suspect changed at a time (shuffled batches without length
 sorting, PyTorch's own dropout, Adam epsilon 1e-8, the full last layer for classification); other
 batchings; transformers' plain loop (benchmarks/*_hf_baseline.py) as the anchor. Jobs run `--jobs`
@@ -16,6 +19,7 @@ an interrupted run continues.
 
     python scripts/quality_ablation.py --task tags --seeds 2 3 4
     python scripts/quality_ablation.py --task sst2 --seeds 0 1 2 --variants bertkit random-batches transformers
+    python scripts/quality_ablation.py --task squad --seeds 0 1 2 --variants random-batches transformers
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ VARIANTS = {
     "transformers-bucketed": ("hf", ["--batching", "bucketed"], None),
 }
 DEFAULT_VARIANTS = {"tags": ["bertkit", "random-batches", "torch-dropout", "eps-1e-8", "transformers"],
-                    "sst2": ["bertkit", "random-batches", "torch-dropout", "eps-1e-8", "full-last-layer", "transformers"]}
+                    "sst2": ["bertkit", "random-batches", "torch-dropout", "eps-1e-8", "full-last-layer", "transformers"],
+                    "squad": ["bertkit", "random-batches", "transformers"]}
 
 
 # ---- patches (applied in the child process) -----------------------------------------------------
@@ -107,11 +112,25 @@ def tags_split(runs: Path, conll: Path, dev_sentences: int = 1500) -> Path:
     return d
 
 
+def squad_split(runs: Path, squad: Path) -> Path:
+    """SQuAD 1.1's article split, written once by scripts/squad_splits.py."""
+    d = runs / "data-squad"
+    if not (d / "squad1.1-eval.json").is_file():
+        subprocess.run([sys.executable, str(REPO / "scripts" / "squad_splits.py"), str(squad), str(d)], check=True)
+    return d
+
+
 # ---- jobs ---------------------------------------------------------------------------------------
 def command(task: str, variant: str, seed: int, out: Path, data: Path, args) -> list[str]:
     impl, flags, patch = VARIANTS[variant]
-    common = ["--model", args.model, "--out", str(out), "--epochs", "1", "--lr", "1e-4", "--batch-size", "32",
-              "--max-len", "128", "--seed", str(seed), "--threads", "1"]
+    common = ["--model", args.model, "--out", str(out), "--epochs", "1", "--lr", "1e-4", "--seed", str(seed), "--threads", "1"]
+    if task == "squad":
+        common += ["--batch-size", "16", "--accumulate", "2", "--max-seq-length", "384", "--doc-stride", "128",
+                   "--train", str(data / "squad1.1-train.json"), "--predict", str(data / "squad1.1-eval.json")]
+        if impl == "hf":
+            return [sys.executable, str(REPO / "benchmarks" / "squad_hf_baseline.py"), *common, *flags]
+        return [sys.executable, __file__, "--child", patch or "none", "squad", *common, *flags, "--quiet"]
+    common += ["--batch-size", "32", "--max-len", "128"]
     # the HF tagging baseline reads conll2003 by itself; every other job names its task
     task_flags = ["--data-dir", str(data)] if task == "tags" else \
         ["--task", "sst-2", "--data-dir", str(data), "--max-train-examples", str(args.sst2_examples)]
@@ -128,6 +147,8 @@ def score(out: Path, task: str) -> float | None:
     if not f.is_file():
         return None
     r = json.loads(f.read_text())
+    if task == "squad":
+        return r.get("f1")  # the official script's, already in percent
     dev = r.get("dev") or {}
     value = dev.get("f1") if task == "tags" else dev.get("accuracy")
     return None if value is None else 100 * value
@@ -149,25 +170,26 @@ def main(argv=None):
     if argv[:1] == ["--child"]:
         return child(argv[1], argv[2:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", choices=("tags", "sst2"), required=True)
+    p.add_argument("--task", choices=("tags", "sst2", "squad"), required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[2, 3, 4])
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS))
     p.add_argument("--model", default="all-minilm-l6-v2")
     p.add_argument("--sst2-examples", type=int, default=4000)
     p.add_argument("--jobs", type=int, default=2, help="jobs at a time (one torch thread each)")
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "ablation")
-    p.add_argument("--data", type=Path, default=DATA, help="the folder holding conll2003/ and glue_data/")
+    p.add_argument("--data", type=Path, default=DATA, help="the folder holding conll2003/, glue_data/ and squad/")
     args = p.parse_args(argv)
     variants = args.variants or DEFAULT_VARIANTS[args.task]
-    runs = args.runs / (args.task if args.task == "tags" else f"sst2-{args.sst2_examples}")
-    data = tags_split(args.runs, args.data / "conll2003") if args.task == "tags" else args.data / "glue_data"
+    runs = args.runs / (f"sst2-{args.sst2_examples}" if args.task == "sst2" else args.task)
+    data = {"tags": lambda: tags_split(args.runs, args.data / "conll2003"), "sst2": lambda: args.data / "glue_data",
+            "squad": lambda: squad_split(args.runs, args.data / "squad")}[args.task]()
     jobs = [(v, s, runs / f"{v}-s{s}") for s in args.seeds for v in variants]
     todo = [(v, s, out) for v, s, out in jobs if score(out, args.task) is None]
     print(f"{args.task}: {len(jobs)} jobs, {len(todo)} to run, {args.jobs} at a time ({time.strftime('%H:%M:%S')})", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         for (v, s, out), seconds in zip(todo, pool.map(lambda j: run_job(command(args.task, j[0], j[1], j[2], data, args), j[2]), todo)):
             print(f"  {v} seed {s}: {score(out, args.task)} ({seconds:.0f} s)", flush=True)
-    metric = "entity F1" if args.task == "tags" else "accuracy"
+    metric = {"tags": "entity F1", "sst2": "accuracy", "squad": "F1"}[args.task]
     print(f"\n| variant | mean {metric} | std | min-max | per seed ({', '.join(map(str, args.seeds))}) |")
     print("|---|---:|---:|---|---|")
     for v in variants:

@@ -27,6 +27,8 @@ def add_arguments(p):
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-train-examples", type=int, metavar="N", help="train on a seeded random subset of N questions")
+    p.add_argument("--bucket-batches", type=int, default=1, metavar="N",
+                   help="sort each group of N batches by window length (less padding, correlated batches); 1: random batches")
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
@@ -47,6 +49,7 @@ def run(args):
         null_score_diff_threshold=args.null_score_diff_threshold, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, accumulate=args.accumulate, warmup_ratio=args.warmup_ratio,
         weight_decay=args.weight_decay, seed=args.seed, max_train_examples=args.max_train_examples,
+        bucket_batches=args.bucket_batches,
         eval_batch_size=args.eval_batch_size, progress=not args.quiet,
     )
     results = run_squad(args.model, args.out, train_file=args.train, predict_file=args.predict, config=config,

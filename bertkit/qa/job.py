@@ -58,6 +58,7 @@ class SquadConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     max_train_examples: int | None = None
+    bucket_batches: int = 1  # batches per length-sorted group; 1: random batches (train/finetune.py says why)
     eval_batch_size: int = 64
     log_every: int = 20
     progress: bool = True
@@ -71,7 +72,7 @@ class SquadConfig:
         if c.null_score_diff_threshold is None:
             c.null_score_diff_threshold = float(info.get("null_score_diff_threshold", 0.0))
         for name in ("max_seq_length", "doc_stride", "max_query_length", "n_best_size", "max_answer_length",
-                     "epochs", "batch_size", "accumulate", "eval_batch_size", "log_every"):
+                     "epochs", "batch_size", "accumulate", "bucket_batches", "eval_batch_size", "log_every"):
             if int(getattr(c, name)) < 1:
                 raise BertkitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
         if not 0 <= c.warmup_ratio < 1:
@@ -149,7 +150,7 @@ def run_squad(model_name: str, out, train_file=None, predict_file=None, config: 
                 model, features, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                 accumulate=config.accumulate, warmup_ratio=config.warmup_ratio, weight_decay=config.weight_decay,
                 max_grad_norm=config.max_grad_norm, seed=config.seed, log=log, log_every=config.log_every,
-                progress=config.progress and not quiet)
+                progress=config.progress and not quiet, bucket_chunk=config.bucket_batches)
             skipped = {**data.skipped, **features.skipped}
             info = {"head": "question_answering", "task": "squad",
                     **{name: getattr(config, name) for name in REMEMBERED},

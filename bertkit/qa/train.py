@@ -2,7 +2,8 @@
 
 The loss is run_squad.py's: the mean of the cross-entropies of the start and the end position over
 each window's tokens (padding excluded, so a window's loss does not depend on its batch). Batches
-hold windows of similar length (`bucket_batches`), and the optimizer, schedule and step are the
+are random (`bucket_chunk` > 1 sorts groups of that many batches by length: less padding, but
+correlated batches; train/finetune.py says what that costs), and the optimizer, schedule and step are the
 ones every bertkit training loop uses.
 """
 
@@ -34,7 +35,7 @@ def span_loss(start_logits, end_logits, valid_lengths, start_positions, end_posi
 def train_spans(model, features: Features, epochs: int = 2, batch_size: int = 32, lr: float = 5e-5,
                 accumulate: int = 1, warmup_ratio: float = 0.1, weight_decay: float = 0.01,
                 max_grad_norm: float = 1.0, seed: int = 0, log=None, log_every: int = 20,
-                progress: bool = True, bucket_chunk: int = 50) -> list[dict]:
+                progress: bool = True, bucket_chunk: int = 1) -> list[dict]:
     """Train `model` in place; returns one summary row per epoch. `log(row)` receives metrics rows."""
     from tqdm import tqdm
 
