@@ -61,7 +61,7 @@ def main():
     from bertkit.qa.features import make_features
     from bertkit.qa.squad_data import read_squad
     from bertkit.qa.train import span_loss
-    from bertkit.train.finetune import bucket_batches, sorted_batches
+    from bertkit.batches import random_batches, sorted_batches
     from bertkit.train.optim import apply_gradients, build_optimizer, linear_warmup_decay
 
     directory = bertkit.resolve(args.model)
@@ -80,7 +80,7 @@ def main():
     file_rows = [sample[i:i + args.eval_batch_size] for i in range(0, len(sample), args.eval_batch_size)]
     train_features = make_features(read_squad(args.train, training=True).examples, tokenizer,
                                    max_seq_length=args.max_seq_length, training=True)
-    bucketed = bucket_batches(train_features.lengths, args.batch_size, rng)[: args.rounds + 1]
+    bucketed = random_batches(train_features.lengths, args.batch_size, rng, bucket=50)[: args.rounds + 1]
     shuffled = np.array_split(rng.permutation(len(train_features))[: args.batch_size * (args.rounds + 1)], args.rounds + 1)
 
     # Same outputs first: a speed comparison of two different functions would mean nothing.

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 import bertkit
 from bertkit.checkpoint import resolve
 from bertkit.tasks.readers import get_task, load_task_data
-from bertkit.train.finetune import Encoded, bucket_batches
+from bertkit.batches import random_batches
+from bertkit.train.finetune import Encoded
 from bertkit.train.optim import param_groups
 
 
@@ -51,7 +52,7 @@ def main():
     hf.classifier.load_state_dict(ours.classifier.state_dict())
     enc = Encoded(ours.tokenizer, data.train, task, data.labels, args.max_len)
     if args.batching == "bucketed":
-        batches = bucket_batches(enc.lengths, args.batch_size, np.random.default_rng(0))[: args.batches + 1]
+        batches = random_batches(enc.lengths, args.batch_size, np.random.default_rng(0), bucket=50)[: args.batches + 1]
     else:
         order = np.random.default_rng(0).permutation(len(enc))
         batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)][: args.batches + 1]

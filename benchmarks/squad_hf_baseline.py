@@ -65,9 +65,11 @@ def main():
     from bertkit.qa.metric import evaluate
     from bertkit.qa.postprocess import answer_all
     from bertkit.qa.squad_data import read_squad
+    from bertkit.device import peak_rss_mb
+    from bertkit.qa.job import SquadConfig
     from bertkit.qa.train import train_spans
     from bertkit.tokenizer import BertTokenizer
-    from bertkit.train.finetune import _peak_rss_mb
+    from bertkit.train.distributed import DistributedContext
 
     wall = time.perf_counter()
     directory = bertkit.resolve(args.model)
@@ -80,10 +82,11 @@ def main():
     features = make_features(train.examples, tokenizer, training=True, **options)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "metrics.jsonl", "w") as log_file:
-        epochs = train_spans(model, features, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             accumulate=args.accumulate, bucket_chunk=args.bucket_batches,
-                             log=lambda row: (log_file.write(json.dumps(row) + "\n"), log_file.flush()))
+    config = SquadConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         accumulate=args.accumulate, bucket_batches=args.bucket_batches, device="cpu")
+    # bertkit's loop (metrics.jsonl included) on the transformers network; no resumable checkpoints,
+    # which bertkit writes in its own checkpoint format
+    epochs = train_spans(model, features, config, out, DistributedContext(), quiet=True, checkpoints=False).epochs
     data = read_squad(args.predict, args.version_2)
     eval_features = make_features(data.examples, tokenizer, **options)
     t0 = time.perf_counter()
@@ -101,7 +104,7 @@ def main():
                     "epochs": epochs, "train_seconds_per_epoch": [e["train_seconds"] for e in epochs],
                     "predict_windows": len(eval_features), "predict_forward_seconds": round(forward_seconds, 2),
                     "wall_seconds": round(time.perf_counter() - wall, 2), "torch_threads": torch.get_num_threads(),
-                    "peak_rss_mb": _peak_rss_mb(), "hyperparameters": vars(args)})
+                    "peak_rss_mb": peak_rss_mb(), "hyperparameters": vars(args)})
     (out / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: results[k] for k in ("exact", "f1", "total", "train_seconds_per_epoch", "wall_seconds")}))
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from bertkit.checkpoint import resolve
 from bertkit.tagging.conll import load_tagging_data
-from bertkit.train.finetune import bucket_batches, sorted_batches
+from bertkit.batches import random_batches, sorted_batches
 from bertkit.train.optim import apply_gradients, build_optimizer, linear_warmup_decay, warmup_steps_for
 
 
@@ -130,7 +130,7 @@ def main():
         t0 = time.perf_counter()
         total, seen = 0.0, 0
         if args.batching == "bucketed":
-            batches = bucket_batches(lengths, args.batch_size, rng)
+            batches = random_batches(lengths, args.batch_size, rng, bucket=50)
         else:
             order = rng.permutation(len(lengths))
             batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]

@@ -26,7 +26,8 @@ import bertkit
 from bertkit.checkpoint import resolve
 from bertkit.tagging.conll import load_tagging_data
 from bertkit.tagging.train import TaggedWindows
-from bertkit.train.finetune import FinetuneConfig, bucket_batches
+from bertkit.batches import random_batches
+from bertkit.train.finetune import FinetuneConfig
 from bertkit.train.optim import param_groups
 
 
@@ -54,7 +55,7 @@ def main():
     hf.classifier.load_state_dict(ours.classifier.state_dict())
     train = TaggedWindows(ours.tokenizer, [s.words for s in data.train], [[index[t] for t in s.tags] for s in data.train], args.max_len)
     rng = np.random.default_rng(0)
-    ours_batches = bucket_batches(train.lengths, args.batch_size, rng, args.bucket_batches)[: args.batches + 1]
+    ours_batches = random_batches(train.lengths, args.batch_size, rng, args.bucket_batches)[: args.batches + 1]
     if args.batching == "same":
         hf_batches = ours_batches
     else:

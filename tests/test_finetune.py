@@ -19,7 +19,7 @@ from bertkit.config import BertConfig
 from bertkit.errors import BertkitError
 from bertkit.model import BertModel
 from bertkit.tokenizer import BertTokenizer
-from bertkit.train.finetune import FinetuneConfig, bucket_batches, finetune
+from bertkit.train.finetune import FinetuneConfig, finetune
 from bertkit.train.optim import BertAdam, Lamb, build_optimizer, linear_warmup_decay, warmup_steps_for
 
 POSITIVE = ["good", "great", "fine", "nice", "superb"]
@@ -84,44 +84,6 @@ def test_warmup_steps_round_up_but_not_on_floating_point_noise():
     assert warmup_steps_for(2000, 0.05) == 100
     assert warmup_steps_for(115, 0.1) == 12  # 11.5 -> 12
     assert warmup_steps_for(7, 0.0) == 0
-
-
-def test_bucket_batches_cover_everything_once_with_similar_lengths():
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(5, 100, size=1000)
-    batches = bucket_batches(lengths, 16, np.random.default_rng(1), chunk_batches=10)
-    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
-    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
-    assert spread < 15  # random batches of 16 from 5..99 would spread ~80
-    again = bucket_batches(lengths, 16, np.random.default_rng(1), chunk_batches=10)
-    assert all((a == b).all() for a, b in zip(batches, again))  # seeded: reproducible
-
-
-def test_default_batches_are_random_slices_of_one_permutation():
-    """Issue 18: length-sorted batches were batches of similar texts and scored lower; the default
-    batch is a slice of a shuffled order, whatever the lengths."""
-    assert FinetuneConfig().bucket_batches == 1
-    lengths = np.random.default_rng(0).integers(5, 100, size=1000)
-    batches = bucket_batches(lengths, 32, np.random.default_rng(7), FinetuneConfig().bucket_batches)
-    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))  # every example once per epoch
-    order = np.random.default_rng(7).permutation(1000)
-    slices = {frozenset(order[i:i + 32].tolist()) for i in range(0, 1000, 32)}
-    assert {frozenset(b.tolist()) for b in batches} == slices
-    assert sorted(len(b) for b in batches)[0] == 1000 % 32  # one short batch, the rest full
-    other = bucket_batches(lengths, 32, np.random.default_rng(8), 1)
-    assert {frozenset(b.tolist()) for b in other} != slices  # another seed, other batches
-
-
-def test_larger_length_groups_pad_less():
-    """What --bucket-batches N buys: the padded share of the batch grid falls as N grows."""
-    lengths = np.random.default_rng(0).integers(5, 100, size=3200)
-
-    def padding(n):
-        batches = bucket_batches(lengths, 32, np.random.default_rng(1), n)
-        return 1 - sum(lengths[b].sum() for b in batches) / sum(len(b) * lengths[b].max() for b in batches)
-
-    shares = [padding(n) for n in (1, 4, 50)]
-    assert shares[0] > 0.4 and shares[0] > shares[1] > shares[2] and shares[2] < 0.05
 
 
 # ---- a tiny model on a toy task ---------------------------------------------------------------

@@ -134,7 +134,7 @@ def test_keeps_last_checkpoints_and_falls_back_from_a_corrupt_one(shards, tmp_pa
     st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])  # truncated, as by a crash or a full disk
     proc = bertkit_cli(*train_args(shards, out, "--steps", "5", "--ckpt-interval", "1", "--resume"))
     assert "checkpoint-4 cannot be resumed from" in proc.stdout + proc.stderr
-    assert "resuming from" in proc.stdout and "checkpoint-3" in proc.stdout
+    assert "resuming from" in proc.stderr and "checkpoint-3" in proc.stderr  # log lines go to stderr
     assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4, 5]
 
 

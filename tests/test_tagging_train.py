@@ -86,7 +86,9 @@ def toy(tmp_path_factory):
 
 def test_tiny_model_learns_the_toy_task(toy):
     out, results, _ = toy
-    assert results["dev"]["f1"] == 1.0 and results["test"]["f1"] == 1.0
+    # the best epoch is the first with a perfect dev score; by the last epoch, test is perfect too
+    assert results["dev"]["f1"] == 1.0 and results["test"]["f1"] > 0.98
+    assert results["epochs"][-1]["dev_f1"] == 1.0 and results["epochs"][-1]["test_f1"] == 1.0
     assert set(results["dev"]["per_type"]) == {"PER", "LOC", "ORG"}
     assert results["epochs"][0]["dev_f1"] < 1.0  # it learned: the first epoch was not already perfect
     saved = json.loads((out / "eval_results.json").read_text())

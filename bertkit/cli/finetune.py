@@ -1,5 +1,7 @@
 """`bertkit finetune`: fine-tune a checkpoint on a GLUE, sentiment or your own TSV task, or a CoNLL tagging task."""
 
+from .options import add_training_arguments, is_main_process, training_settings
+
 TASK_NAMES = ("sst-2", "cola", "mrpc", "sts-b", "qqp", "mnli", "qnli", "rte", "wnli", "xnli", "imdb", "rotten-tomatoes", "text")
 TAGGING_TASKS = ("conll2003", "tags")  # token classification: bertkit/tagging
 
@@ -36,6 +38,7 @@ def add_arguments(p):
     p.add_argument("--eval-before", action="store_true", help="also score the dev set before training")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    add_training_arguments(p)
 
 
 def run(args):
@@ -52,6 +55,7 @@ def run(args):
         weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, max_len=args.max_len, seed=args.seed,
         accumulate=args.accumulate, max_grad_norm=args.max_grad_norm, eval_batch_size=args.eval_batch_size,
         max_train_examples=args.max_train_examples, progress=not args.quiet, eval_before=args.eval_before,
+        **training_settings(args),
     )
     if args.bucket_batches is not None:
         config.bucket_batches = args.bucket_batches
@@ -63,4 +67,5 @@ def run(args):
         results = finetune(args.task, args.data_dir, args.model, args.out, config, new_head=args.new_head,
                            regression=args.regression, task_options={"lang": args.lang}, quiet=args.quiet)
     dev = {k: v for k, v in results.items() if isinstance(v, dict) and k.startswith(("dev", "test"))}
-    print(json.dumps({"task": results["task"], "best_epoch": results["best_epoch"], **dev}))
+    if is_main_process():
+        print(json.dumps({"task": results["task"], "best_epoch": results["best_epoch"], **dev}))

@@ -1,5 +1,7 @@
 """`bertkit pretrain`: masked-LM + next-sentence pretraining from shards (torchrun for many processes)."""
 
+from .options import add_device_arguments, is_main_process
+
 
 def add_arguments(p):
     p.add_argument("--data", required=True, metavar="DIR", help="shard directory written by `bertkit pretrain-data`")
@@ -29,7 +31,7 @@ def add_arguments(p):
     p.add_argument("--dropout", type=float, help="override the model's dropout probability")
     p.add_argument("--max-minutes", type=float, help="stop after this much wall time (final checkpoint and eval included)")
     p.add_argument("--plot", action="store_true", help="write OUT/loss.png with the loss and accuracy curves")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    add_device_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -50,10 +52,9 @@ def run(args):
         keep_checkpoints=args.keep_checkpoints, eval_data=args.eval_data, eval_interval=args.eval_interval,
         eval_batches=args.eval_batches, log_interval=args.log_interval, resume=args.resume,
         resume_or_start=args.resume_or_start, dropout=args.dropout, plot=args.plot, max_minutes=args.max_minutes, device=args.device,
+        precision=args.precision,
         progress=not args.no_progress,
     )
     final = pretrain(opts)
-    import os
-
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         print(f"done: model in {final}, metrics in {args.out}/metrics.jsonl")

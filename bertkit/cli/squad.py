@@ -1,5 +1,7 @@
 """`bertkit squad`: fine-tune on SQuAD 1.1/2.0 and predict (or predict only with a QA checkpoint)."""
 
+from .options import add_training_arguments, is_main_process, training_settings
+
 
 def add_arguments(p):
     p.add_argument("--model", default="all-minilm-l6-v2",
@@ -32,6 +34,7 @@ def add_arguments(p):
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    add_training_arguments(p)
 
 
 def run(args):
@@ -50,9 +53,10 @@ def run(args):
         batch_size=args.batch_size, accumulate=args.accumulate, warmup_ratio=args.warmup_ratio,
         weight_decay=args.weight_decay, seed=args.seed, max_train_examples=args.max_train_examples,
         bucket_batches=args.bucket_batches,
-        eval_batch_size=args.eval_batch_size, progress=not args.quiet,
+        eval_batch_size=args.eval_batch_size, progress=not args.quiet, **training_settings(args),
     )
     results = run_squad(args.model, args.out, train_file=args.train, predict_file=args.predict, config=config,
                         quiet=args.quiet)
     keys = ("exact", "f1", "total", "best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh")
-    print(json.dumps({k: results[k] for k in keys if k in results} or {"out": args.out}))
+    if is_main_process():
+        print(json.dumps({k: results[k] for k in keys if k in results} or {"out": args.out}))

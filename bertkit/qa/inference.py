@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import torch
 
-from ..train.finetune import sorted_batches
+from ..batches import sorted_batches
+from ..device import model_device, to_device
 from .features import Features
 
 
@@ -22,14 +23,15 @@ def window_logits(model, features: Features, batch_size: int = 64, progress: boo
 
     was_training = model.training
     model.eval()
+    device = model_device(model)
     out: list = [None] * len(features)
     batches = sorted_batches(features.lengths, batch_size)
     with tqdm(total=len(features), desc=desc, unit="window", disable=not progress, file=sys.stderr,
               dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0) as bar:
         for rows in batches:
-            ids, segs, lens = features.batch(rows)
+            ids, segs, lens = to_device(features.batch(rows), device)
             start, end = model(ids, segs, lens)
-            start, end = start.float().numpy(), end.float().numpy()
+            start, end = start.float().cpu().numpy(), end.float().cpu().numpy()
             for r, i in enumerate(rows):
                 n = features.lengths[i]
                 out[i] = (start[r, :n].copy(), end[r, :n].copy())

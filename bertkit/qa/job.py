@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,8 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..device import autocast, peak_rss_mb, resolve_precision
 from ..errors import BertkitError
-from ..train.finetune import _peak_rss_mb
+from ..train import distributed
+from ..train.checkpoints import remove_checkpoints
+from ..train.config import TrainConfig
+from ..train.loop import say
 from .features import make_features
 from .inference import window_logits
 from .metric import evaluate
@@ -40,7 +43,7 @@ DEFAULTS = {"version_2": False, "max_seq_length": 384, "doc_stride": 128, "max_q
 
 
 @dataclass
-class SquadConfig:
+class SquadConfig(TrainConfig):
     # None: the QA checkpoint's saved value when predicting with one, else DEFAULTS
     version_2: bool | None = None
     max_seq_length: int | None = None
@@ -50,18 +53,8 @@ class SquadConfig:
     max_answer_length: int | None = None
     null_score_diff_threshold: float | None = None  # None: the checkpoint's tuned one, else 0
     epochs: int = 2
-    lr: float = 5e-5
-    batch_size: int = 32
-    accumulate: int = 1
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    max_train_examples: int | None = None
-    bucket_batches: int = 1  # batches per length-sorted group; 1: random batches (train/finetune.py says why)
     eval_batch_size: int = 64
     log_every: int = 20
-    progress: bool = True
 
     def resolved(self, info: dict) -> "SquadConfig":
         """A copy with every None setting taken from a checkpoint's bertkit.json, else the default."""
@@ -71,20 +64,11 @@ class SquadConfig:
                 setattr(c, name, info.get(name, DEFAULTS[name]))
         if c.null_score_diff_threshold is None:
             c.null_score_diff_threshold = float(info.get("null_score_diff_threshold", 0.0))
-        for name in ("max_seq_length", "doc_stride", "max_query_length", "n_best_size", "max_answer_length",
-                     "epochs", "batch_size", "accumulate", "bucket_batches", "eval_batch_size", "log_every"):
+        for name in ("max_seq_length", "doc_stride", "max_query_length", "n_best_size", "max_answer_length"):
             if int(getattr(c, name)) < 1:
                 raise BertkitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
-        if not 0 <= c.warmup_ratio < 1:
-            raise BertkitError(f"--warmup-ratio must be in [0, 1), got {c.warmup_ratio}")
-        if c.max_train_examples is not None and c.max_train_examples < 1:
-            raise BertkitError(f"--max-train-examples must be at least 1, got {c.max_train_examples}")
+        c.check()
         return c
-
-
-def _log(msg: str, quiet: bool) -> None:
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
 
 
 def load_qa_model(model_name: str, training: bool):
@@ -110,72 +94,78 @@ def load_qa_model(model_name: str, training: bool):
 
 def run_squad(model_name: str, out, train_file=None, predict_file=None, config: SquadConfig | None = None,
               quiet: bool = False) -> dict:
-    """Train (if `train_file`), then predict and score (if `predict_file`). Returns the results dict."""
-    from ..checkpoint import save
-
+    """Train (if `train_file`), then predict and score (if `predict_file`). Returns the results dict
+    (on every process of a torchrun job; rank 0 alone predicts and writes files)."""
     if train_file is None and predict_file is None:
         raise BertkitError("nothing to do: give --train FILE, --predict FILE, or both")
+    config = config or SquadConfig()
+    with distributed.session(config.device) as ctx:
+        return _run_squad(model_name, Path(out), train_file, predict_file, config, quiet, ctx)
+
+
+def _run_squad(model_name, out: Path, train_file, predict_file, config: SquadConfig, quiet: bool, ctx) -> dict:
+    from ..checkpoint import save
+
     wall_start = time.perf_counter()
+    resolve_precision(config.precision, ctx.device)  # refuse before loading anything
+    torch.manual_seed(config.seed)  # a new QA head starts from the same weights on every run and rank
     model = load_qa_model(model_name, training=train_file is not None)
     saved = {} if train_file is not None else model.info
-    config = (config or SquadConfig()).resolved(saved)
+    config = config.resolved(saved)
     max_positions = model.config.max_position_embeddings
     if config.max_seq_length > max_positions:
         raise BertkitError(f"--max-seq-length {config.max_seq_length} exceeds the model's {max_positions} positions")
     tokenizer = model.tokenizer
     feature_options = dict(max_seq_length=config.max_seq_length, doc_stride=config.doc_stride,
                            max_query_length=config.max_query_length, version_2=config.version_2)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = open(out / "metrics.jsonl", "w", encoding="utf-8")
-
-    def log(row):
-        metrics.write(json.dumps(row) + "\n")
-        metrics.flush()
-
     results: dict = {}
     info = dict(saved)
-    try:
-        if train_file is not None:
-            data = read_squad(train_file, config.version_2, training=True)
-            examples = data.examples
-            if config.max_train_examples is not None and config.max_train_examples < len(examples):
-                keep = np.sort(np.random.default_rng(config.seed).permutation(len(examples))[: config.max_train_examples])
-                examples = [examples[i] for i in keep]
-            features = make_features(examples, tokenizer, training=True, **feature_options)
-            _log(f"squad train: {len(examples)} questions -> {len(features)} windows "
-                 f"(max {config.max_seq_length} tokens, stride {config.doc_stride}); {config.epochs} epoch(s), "
-                 f"batch {config.batch_size * config.accumulate}, lr {config.lr}", quiet)
-            epochs = train_spans(
-                model, features, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                accumulate=config.accumulate, warmup_ratio=config.warmup_ratio, weight_decay=config.weight_decay,
-                max_grad_norm=config.max_grad_norm, seed=config.seed, log=log, log_every=config.log_every,
-                progress=config.progress and not quiet, bucket_chunk=config.bucket_batches)
-            skipped = {**data.skipped, **features.skipped}
-            info = {"head": "question_answering", "task": "squad",
-                    **{name: getattr(config, name) for name in REMEMBERED},
-                    "null_score_diff_threshold": config.null_score_diff_threshold,
-                    "hyperparameters": dataclasses.asdict(config), "base_model": str(model_name),
-                    "train_file": str(train_file), "train_questions": len(examples), "train_windows": len(features)}
+    if train_file is not None:
+        data = read_squad(train_file, config.version_2, training=True)
+        examples = data.examples
+        if config.max_train_examples is not None and config.max_train_examples < len(examples):
+            keep = np.sort(np.random.default_rng(config.seed).permutation(len(examples))[: config.max_train_examples])
+            examples = [examples[i] for i in keep]
+        features = make_features(examples, tokenizer, training=True, **feature_options)
+        say(f"squad train: {len(examples)} questions -> {len(features)} windows "
+            f"(max {config.max_seq_length} tokens, stride {config.doc_stride})", ctx, quiet)
+        info = {"head": "question_answering", "task": "squad",
+                **{name: getattr(config, name) for name in REMEMBERED},
+                "null_score_diff_threshold": config.null_score_diff_threshold,
+                "hyperparameters": dataclasses.asdict(config), "base_model": str(model_name),
+                "train_file": str(train_file), "train_questions": len(examples), "train_windows": len(features)}
+        result = train_spans(model, features, config, out, ctx, tokenizer, info, quiet)
+        if ctx.is_main:
             save(model, out, tokenizer, info=info)
-            results.update({"train_questions": len(examples), "train_windows": len(features),
-                            "train_skipped": skipped, "epochs": epochs,
-                            "train_seconds_per_epoch": [e["train_seconds"] for e in epochs]})
+            remove_checkpoints(out)
+        epochs = [{k: v for k, v in row.items() if not k.startswith("eval")} for row in result.epochs]
+        results.update({"train_questions": len(examples), "train_windows": len(features),
+                        "train_skipped": {**data.skipped, **features.skipped}, "epochs": epochs,
+                        "train_seconds_per_epoch": [e["train_seconds"] for e in epochs if "train_seconds" in e],
+                        **({"resumed_from": result.resumed_from} if result.resumed_from else {})})
+    if not ctx.is_main:
+        return ctx.broadcast_object(None)
+    model.to(ctx.device)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "metrics.jsonl", "a" if train_file is not None else "w", encoding="utf-8") as metrics:
+        def log(row):
+            metrics.write(json.dumps(row) + "\n")
+
         if predict_file is not None:
-            results.update(_predict(model, tokenizer, predict_file, config, feature_options, out, log, quiet))
+            with autocast(ctx.device, config.precision):
+                results.update(_predict(model, tokenizer, predict_file, config, feature_options, out, log, quiet))
             tuned = results.get("best_f1_thresh")
             if train_file is not None and tuned is not None:
                 info["null_score_diff_threshold"] = tuned  # later predictions default to the tuned threshold
                 info["null_score_diff_threshold_source"] = f"best F1 on {predict_file}"
                 (out / "bertkit.json").write_text(json.dumps(info, indent=2) + "\n")
-    finally:
-        metrics.close()
     results.update({"model": str(model_name), "hyperparameters": dataclasses.asdict(config),
+                    "processes": ctx.world_size, "device": str(ctx.device),
                     "wall_seconds": round(time.perf_counter() - wall_start, 2),
-                    "torch_threads": torch.get_num_threads(), "peak_rss_mb": _peak_rss_mb()})
+                    "torch_threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb()})
     if "exact" in results:
         (out / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    return results
+    return ctx.broadcast_object(results)
 
 
 def _write_json(path: Path, value) -> None:
@@ -188,7 +178,7 @@ def _predict(model, tokenizer, predict_file, config: SquadConfig, feature_option
         warnings.warn(f"{predict_file}: no answers in the file: writing predictions only, no evaluation",
                       SquadDataWarning, stacklevel=2)
     features = make_features(data.examples, tokenizer, training=False, **feature_options)
-    _log(f"squad predict: {len(data.examples)} questions -> {len(features)} windows", quiet)
+    say(f"squad predict: {len(data.examples)} questions -> {len(features)} windows", quiet=quiet)
     t0 = time.perf_counter()
     logits = window_logits(model, features, config.eval_batch_size, progress=config.progress and not quiet)
     forward_seconds = time.perf_counter() - t0
@@ -221,6 +211,6 @@ def _predict(model, tokenizer, predict_file, config: SquadConfig, feature_option
             at_best = evaluate(dataset, best_predictions, null_odds, na_prob_thresh=best)
             results["at_best_f1_thresh"] = {k: v for k, v in at_best.items() if not k.startswith("best_")}
         log({"predict": str(predict_file), **{k: v for k, v in scores.items()}})
-        _log("squad eval: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()
-                                        if k in ("exact", "f1", "best_exact", "best_f1")), quiet)
+        say("squad eval: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()
+                                        if k in ("exact", "f1", "best_exact", "best_f1")), quiet=quiet)
     return results

@@ -6,8 +6,9 @@
 Each word is tagged on its first WordPiece; its other pieces, [CLS] and [SEP] get the target -100,
 which the cross-entropy ignores (the BERT paper's recipe). A sentence longer than `max_len` is cut
 into overlapping windows (windows.py), each word trained and predicted in exactly one of them.
-The loop, options, metrics.jsonl and eval_results.json are those of sequence classification
-(train/finetune.py); the best epoch is picked by entity F1 on dev (accuracy for plain tags).
+The job, options, metrics.jsonl and eval_results.json are those of sequence classification
+(train/finetune.py: `RowsJob` on the one loop); the loss is the mean over the tagged pieces of
+each global batch, and the best epoch is picked by entity F1 on dev (accuracy for plain tags).
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..train.finetune import FinetuneConfig, _log, build_task_model, sorted_batches, train_epochs, write_run
+from ..batches import sorted_batches
+from ..device import model_device, to_device
+from ..train import distributed
+from ..train.finetune import FinetuneConfig, RowsJob, build_task_model, run_finetune, write_results
+from ..train.loop import say
 from .conll import TaggingTask, get_task, load_tagging_data
 from .metric import entity_scores, tag_accuracy
 from .windows import plan_windows
@@ -82,11 +87,15 @@ class TaggedWindows:
         return ids, torch.zeros_like(ids), torch.from_numpy(self.lengths[rows]), torch.from_numpy(targets)
 
 
-def token_loss(net, batch) -> torch.Tensor:
-    """Mean cross-entropy over the tagged pieces of a batch."""
+def token_loss_sums(net, batch) -> dict[str, torch.Tensor]:
+    """The summed cross-entropy over the tagged pieces of a batch (the loop divides by their count)."""
     ids, segs, lens, targets = batch
     logits = net(ids, segs, lens)
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+    return {"loss": F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")}
+
+
+def tagged_pieces(batch) -> dict[str, float]:
+    return {"targets": float((batch[3] != IGNORE).sum())}
 
 
 @torch.no_grad()
@@ -94,10 +103,11 @@ def word_probabilities(net, data: TaggedWindows, batch_size: int = 128) -> list[
     """Softmax over the labels at each word's first piece: one (words, labels) array per sentence."""
     was_training = net.training
     net.eval()
+    device = model_device(net)
     out = [np.zeros((n, net.num_labels), dtype=np.float32) for n in data.n_words]
     for rows in sorted_batches(data.lengths, batch_size):
-        ids, segs, lens, _ = data.batch(rows)
-        probs = torch.softmax(net(ids, segs, lens).float(), dim=-1).numpy()
+        ids, segs, lens, _ = to_device(data.batch(rows), device)
+        probs = torch.softmax(net(ids, segs, lens).float(), dim=-1).cpu().numpy()
         for r, i in enumerate(rows):
             out[data.sentence[i]][data.words[i]] = probs[r, data.positions[i]]
     net.train(was_training)
@@ -115,16 +125,20 @@ def finetune_tagging(task: str | TaggingTask, data_dir, model: str, out, config:
     """Fine-tune `model` to tag words; writes the best epoch's checkpoint to `out`; returns eval results."""
     config = config or FinetuneConfig()
     config.check()
+    with distributed.session(config.device) as ctx:
+        return _finetune_tagging(task, data_dir, model, out, config, new_head, quiet, ctx)
+
+
+def _finetune_tagging(task, data_dir, model, out, config: FinetuneConfig, new_head: bool, quiet: bool, ctx) -> dict:
     wall_start = time.perf_counter()
     task = task if isinstance(task, TaggingTask) else get_task(task)
     data = load_tagging_data(task, data_dir)
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     net, tokenizer = build_task_model(model, task, data.labels, new_head=new_head)
 
     train_sentences = data.train
     if config.max_train_examples is not None and config.max_train_examples < len(train_sentences):
-        keep = np.sort(rng.permutation(len(train_sentences))[: config.max_train_examples])
+        keep = np.sort(np.random.default_rng(config.seed).permutation(len(train_sentences))[: config.max_train_examples])
         train_sentences = [train_sentences[i] for i in keep]
     index = {label: i for i, label in enumerate(data.labels)}
 
@@ -136,19 +150,19 @@ def finetune_tagging(task: str | TaggingTask, data_dir, model: str, out, config:
     devs = {name: (encode(sentences, False), [s.tags for s in sentences]) for name, sentences in data.dev.items()}
     split = train.split + sum(windows.split for windows, _ in devs.values())
     if split:
-        _log(f"bertkit: note: {split} sentence(s) longer than --max-len {config.max_len} pieces were split into "
-             "overlapping windows (nothing is truncated)", quiet)
+        say(f"bertkit: note: {split} sentence(s) longer than --max-len {config.max_len} pieces were split into "
+            "overlapping windows (nothing is truncated)", ctx, quiet)
 
     main_metric = "f1" if data.scheme == "bio" else "accuracy"
+    info = {"head": "token_classification", "task": task.name, "labels": data.labels, "scheme": data.scheme,
+            "max_len": config.max_len, "hyperparameters": dataclasses.asdict(config), "base_model": str(model)}
+    job = RowsJob(f"finetune {task.name}", train, config, token_loss_sums,
+                  lambda net: {name: score_split(net, *split, data.labels, data.scheme, config.eval_batch_size)
+                               for name, split in devs.items()},
+                  main_metric, tokenizer, info, count_key="targets", counts_of=tagged_pieces)
     describe = (f"finetune {task.name}: {len(train_sentences)} training / "
                 + ", ".join(f"{len(s)} {n}" for n, s in data.dev.items())
                 + f" sentences, {'entities' if data.scheme == 'bio' else 'word tags'} over labels {data.labels}")
-    best_epoch, best_results, epochs_log = train_epochs(
-        net, train, devs, config, out, token_loss,
-        lambda net, split: score_split(net, *split, data.labels, data.scheme, config.eval_batch_size),
-        main_metric, describe, rng, quiet)
-    info = {"head": "token_classification", "task": task.name, "labels": data.labels, "scheme": data.scheme,
-            "max_len": config.max_len, "best_epoch": best_epoch, "dev": best_results,
-            "hyperparameters": dataclasses.asdict(config), "base_model": str(model)}
-    return write_run(net, tokenizer, out, info, task.name, model, main_metric, best_epoch, best_results, epochs_log,
-                     len(train_sentences), {n: len(s) for n, s in data.dev.items()}, config, wall_start, quiet)
+    result = run_finetune(job, net, out, config, describe, ctx, quiet)
+    return write_results(job, net, out, config, result, ctx, quiet, len(train_sentences),
+                         {n: len(s) for n, s in data.dev.items()}, wall_start)

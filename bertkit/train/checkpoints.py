@@ -58,6 +58,12 @@ def write_checkpoint(out_dir: Path, step: int, model, tokenizer, training_state:
     return final
 
 
+def remove_checkpoints(out_dir: Path) -> None:
+    """Delete every resumable checkpoint under `out_dir` (a finished fine-tuning run keeps only its result)."""
+    for path in list_checkpoints(Path(out_dir)):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def list_checkpoints(out_dir: Path) -> list[Path]:
     """Checkpoint directories under `out_dir`, oldest step first."""
     if not out_dir.is_dir():

@@ -1,16 +1,20 @@
-"""Data-parallel training with torchrun: set-up, the rank's slice of a batch, and reductions.
+"""Data-parallel training with torchrun: set-up, this rank's device, and reductions.
 
-`torchrun --nproc-per-node N -m bertkit pretrain ...` sets RANK / WORLD_SIZE / LOCAL_RANK; a plain
-`bertkit pretrain` is world size 1 and never touches torch.distributed. Gloo on CPU, NCCL on CUDA.
+`torchrun --nproc-per-node N -m bertkit finetune|squad|pretrain ...` sets RANK / WORLD_SIZE /
+LOCAL_RANK; a plain command is world size 1 and never touches torch.distributed. Gloo on the CPU,
+NCCL on CUDA (each rank on GPU LOCAL_RANK). The process group is joined once per process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from ..device import resolve_device
 
 
 @dataclass
@@ -35,6 +39,7 @@ class DistributedContext:
         return value
 
     def broadcast_object(self, obj):
+        """Rank 0's `obj` on every rank."""
         if not self.enabled:
             return obj
         box = [obj]
@@ -50,17 +55,26 @@ class DistributedContext:
             dist.destroy_process_group()
 
 
-def setup(device: str | None = None) -> DistributedContext:
-    """Join the process group torchrun describes (if any) and pick this rank's device."""
+def setup(device: str | None = "auto") -> DistributedContext:
+    """Join the process group torchrun describes (if any) and pick this rank's device: under
+    torchrun with CUDA, GPU LOCAL_RANK; otherwise `device` as `--device` gives it."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    if use_cuda:
+    dev = resolve_device(device)
+    if dev.type == "cuda" and world_size > 1:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return DistributedContext(rank, world_size, local_rank, dev)
+
+
+@contextlib.contextmanager
+def session(device: str | None = "auto"):
+    """`setup` for the length of one training command, leaving the process group afterwards."""
+    ctx = setup(device)
+    try:
+        yield ctx
+    finally:
+        ctx.close()

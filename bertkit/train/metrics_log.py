@@ -43,6 +43,19 @@ class MetricsLog:
             self._tb.close()
 
 
+def flat_metrics(results: dict, prefix: str = "") -> dict:
+    """{"dev": {"f1": .., "per_type": {"PER": {"f1": ..}}}} -> {"dev_f1": .., "dev_per_type_PER_f1": ..}:
+    a metrics.jsonl row's keys for nested metrics (numbers rounded to 6 places)."""
+    row = {}
+    for k, v in results.items():
+        key = f"{prefix}_{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            row.update(flat_metrics(v, key))
+        elif isinstance(v, (int, float)):
+            row[key] = round(v, 6) if isinstance(v, float) else v
+    return row
+
+
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

@@ -1,29 +1,25 @@
-"""The BERT pretraining loop: masked LM + next-sentence prediction, one or many processes.
+"""BERT pretraining: masked LM + next-sentence prediction, one or many processes, on the one loop.
 
 Loss = MLM cross-entropy averaged over the real masked positions of the *global* batch + NSP
-cross-entropy averaged over its rows. Normalising by global counts (not per rank or per micro-batch)
-is what makes N processes x batch b, 1 process x batch N*b, and 1 process x b x N accumulation
-steps compute the same gradient.
+cross-entropy averaged over its rows. The loop (loop.py) normalises each term by its count over the
+whole global batch, all-reduced before the forward passes, so N processes x batch b, 1 process x
+batch N*b, and 1 process x b x N accumulation steps compute the same gradient.
 
-Every global batch is formed the same way whatever the world size: each rank runs the loader as a
-single process would (deterministic in seed and epoch; it reads every shard either way) and takes
-its own rows, micro-batch m of rank r being rows [(m * world + r) * b, ... + b) of the global batch.
+Every global batch is formed the same way whatever the world size (data/loader.py: a batch plan
+from the shards' lengths, seed and epoch alone); each rank reads only the rows of its own
+micro-batches, micro-batch m of rank r being rows [(m * world + r) * b, ... + b) of the global batch,
+so an N-process job reads about 1/N of the data per rank.
 """
 
 from __future__ import annotations
 
-import contextlib
-from itertools import islice
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 from ..checkpoint import load as load_checkpoint
 from ..config import BertConfig
@@ -32,9 +28,9 @@ from ..errors import BertkitError
 from ..model import BertForPreTraining, flops_per_token
 from ..tokenizer import BertTokenizer
 from . import distributed
-from .checkpoints import find_resumable, list_checkpoints, rng_state, set_rng_state, write_checkpoint
-from .metrics_log import MetricsLog, plot_metrics
-from .optim import apply_gradients, build_optimizer, linear_warmup_decay, warmup_steps_for
+from .checkpoints import write_checkpoint
+from .loop import LoopOptions, OptimizerSpec, TrainingJob, run_training, say
+from .metrics_log import plot_metrics
 
 @dataclass
 class PretrainOptions:
@@ -63,7 +59,8 @@ class PretrainOptions:
     dropout: float | None = None  # override the config's dropout (0 for exactness tests)
     plot: bool = False
     max_minutes: float | None = None  # stop (with a final checkpoint and eval) after this much wall time
-    device: str | None = None
+    device: str | None = "auto"
+    precision: str = "fp32"
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -88,59 +85,43 @@ def peak_flops(device: torch.device) -> float | None:
     return cpu_peak_flops()
 
 
-def mlm_nsp_sums(model, batch: dict, autocast) -> dict[str, torch.Tensor]:
+def mlm_nsp_sums(model, batch: dict) -> dict[str, torch.Tensor]:
     """Summed (not averaged) losses and correct counts of one micro-batch."""
-    with autocast:
-        mlm_logits, nsp_logits = model(
-            batch["input_ids"], batch["segment_ids"], batch["valid_lengths"],
-            masked_positions=batch["masked_lm_positions"], masked_weights=batch["masked_lm_weights"],
-        )
+    mlm_logits, nsp_logits = model(
+        batch["input_ids"], batch["segment_ids"], batch["valid_lengths"],
+        masked_positions=batch["masked_lm_positions"], masked_weights=batch["masked_lm_weights"],
+    )
     weights = batch["masked_lm_weights"]
     labels = batch["masked_lm_ids"][weights > 0].long()
     mlm_ce = F.cross_entropy(mlm_logits.float(), labels, reduction="none")
     real_weights = weights[weights > 0].float()
     nsp_labels = batch["next_sentence_labels"].long()
     return {
-        "mlm_sum": (mlm_ce * real_weights).sum(),
-        "nsp_sum": F.cross_entropy(nsp_logits.float(), nsp_labels, reduction="sum"),
+        "mlm_loss": (mlm_ce * real_weights).sum(),
+        "nsp_loss": F.cross_entropy(nsp_logits.float(), nsp_labels, reduction="sum"),
         "mlm_correct": ((mlm_logits.argmax(-1) == labels).float() * real_weights).sum().detach(),
         "nsp_correct": (nsp_logits.argmax(-1) == nsp_labels).sum().float().detach(),
     }
 
 
-def micro_batches(global_batch: dict, ctx: distributed.DistributedContext, accumulate: int) -> list[dict]:
-    """This rank's `accumulate` slices of a global batch, each trimmed to its longest row."""
-    rows = global_batch["input_ids"].shape[0]
-    per = rows // (ctx.world_size * accumulate)
-    out = []
-    for m in range(accumulate):
-        start = (m * ctx.world_size + ctx.rank) * per
-        part = {k: v[start : start + per] for k, v in global_batch.items()}
-        width = int(part["valid_lengths"].max())
-        part["input_ids"], part["segment_ids"] = part["input_ids"][:, :width], part["segment_ids"][:, :width]
-        out.append({k: v.to(ctx.device, non_blocking=True) for k, v in part.items()})
-    return out
-
-
 @torch.no_grad()
 def evaluate(model, data: PretrainingLoader, ctx: distributed.DistributedContext | None = None,
-             max_batches: int | None = None, autocast=None) -> dict:
-    """MLM accuracy / loss / perplexity and NSP accuracy over held-out shards, shared across ranks
-    (one process on the CPU, in fp32, unless told otherwise)."""
+             max_batches: int | None = None) -> dict:
+    """MLM accuracy / loss / perplexity and NSP accuracy over held-out shards, each rank scoring its
+    share of every batch and the sums all-reduced."""
     ctx = ctx or distributed.DistributedContext()
-    autocast = autocast or contextlib.nullcontext()
     was_training = model.training
     model.eval()
-    totals = torch.zeros(5, dtype=torch.float64)  # mlm_sum, nsp_sum, mlm_correct, nsp_correct, masked
+    totals = torch.zeros(5, dtype=torch.float64)  # mlm_loss, nsp_loss, mlm_correct, nsp_correct, masked
     rows = 0
-    for i, batch in enumerate(data.iter_epoch(0)):
+    for i, (part,) in enumerate(data.rank_batches(0, ctx.rank, ctx.world_size)):
         if max_batches is not None and i >= max_batches:
             break
-        if batch["input_ids"].shape[0] < ctx.world_size:  # a last batch too small to share
+        if len(part["valid_lengths"]) == 0:  # a last batch with fewer rows than ranks
             continue
-        (part,) = micro_batches(batch, ctx, 1)
-        s = mlm_nsp_sums(model, part, autocast)
-        totals += torch.stack([s["mlm_sum"], s["nsp_sum"], s["mlm_correct"], s["nsp_correct"],
+        part = {k: v.to(ctx.device) for k, v in part.items()}
+        s = mlm_nsp_sums(model, part)
+        totals += torch.stack([s["mlm_loss"], s["nsp_loss"], s["mlm_correct"], s["nsp_correct"],
                                part["masked_lm_weights"].sum()]).double().cpu()
         rows += part["input_ids"].shape[0]
     totals = torch.cat([totals, torch.tensor([float(rows)], dtype=torch.float64)])
@@ -189,164 +170,92 @@ def _set_dropout(model: torch.nn.Module, p: float) -> None:
             m.attn_dropout = p
 
 
+class PretrainingJob(TrainingJob):
+    """Masked LM + NSP on shards: this rank's micro-batches of each global batch, straight from the loader."""
+
+    identity = "pretraining"
+    loss_terms = {"mlm_loss": "masked", "nsp_loss": "rows"}
+    stat_keys = ("mlm_correct", "nsp_correct")
+    distributed_eval = True
+
+    def __init__(self, data: PretrainingLoader, eval_data: PretrainingLoader | None, opts, ctx, model, tokenizer, info: dict):
+        self.data, self.eval_data, self.opts, self.ctx = data, eval_data, opts, ctx
+        self.model, self.tokenizer, self.info = model, tokenizer, info
+        self.peak = peak_flops(ctx.device)
+
+    def epoch_batches(self, epoch: int, start: int = 0):
+        # the loop counts epochs from 1, the loader from 0
+        return self.data.rank_batches(epoch - 1, self.ctx.rank, self.ctx.world_size, self.opts.accumulate, start=start)
+
+    def micro_batches(self, batch, ctx, accumulate: int):
+        return [part if len(part["valid_lengths"]) else None for part in batch]
+
+    def counts(self, part) -> dict[str, float]:
+        return {"rows": float(len(part["valid_lengths"])), "tokens": float(part["valid_lengths"].sum()),
+                "masked": float(part["masked_lm_weights"].sum())}
+
+    def loss_sums(self, model, part):
+        return mlm_nsp_sums(model, part)
+
+    def step_metrics(self, totals: dict, seconds: float) -> dict:
+        row = {"mlm_accuracy": totals.get("mlm_correct", 0.0) / max(totals["masked"], 1e-12),
+               "nsp_accuracy": totals.get("nsp_correct", 0.0) / max(totals["rows"], 1e-12)}
+        if self.peak and totals["rows"]:
+            seqlen = int(totals["tokens"] / totals["rows"])
+            tokens_per_s = totals["tokens"] / seconds
+            row["mfu"] = tokens_per_s * flops_per_token(self.model.config, seqlen) / (self.peak * self.ctx.world_size)
+        return row
+
+    def evaluate(self, model):
+        if self.eval_data is None:
+            return None
+        return evaluate(model, self.eval_data, self.ctx, self.opts.eval_batches)
+
+    def save_checkpoint(self, model, out: Path, step: int, state: dict, keep: int) -> None:
+        write_checkpoint(out, step, model, self.tokenizer, state, self.info, keep=keep)
+
+
 def pretrain(opts: PretrainOptions) -> Path:
-    ctx = distributed.setup(opts.device)
-    try:
+    with distributed.session(opts.device) as ctx:
         return _pretrain(opts, ctx)
-    finally:
-        ctx.close()
 
 
 def _pretrain(opts: PretrainOptions, ctx: distributed.DistributedContext) -> Path:
     out = Path(opts.out)
-    per_step = ctx.world_size * opts.accumulate
-    if opts.batch_size % per_step:
-        raise BertkitError(
-            f"--batch-size {opts.batch_size} is not divisible by {ctx.world_size} process(es) x "
-            f"--accumulate {opts.accumulate}"
-        )
     if opts.steps < 1:
         raise BertkitError(f"--steps must be at least 1, got {opts.steps}")
     data = PretrainingLoader(opts.data, opts.batch_size, seed=opts.seed, drop_last=True)
     eval_data = PretrainingLoader(opts.eval_data, opts.batch_size, shuffle=False, seed=opts.seed) if opts.eval_data else None
+    if opts.batch_size % (ctx.world_size * opts.accumulate):
+        raise BertkitError(f"--batch-size {opts.batch_size} is not divisible by {ctx.world_size} process(es) x "
+                           f"--accumulate {opts.accumulate}")
     if len(data) == 0:
         raise BertkitError(f"{opts.data}: {data.num_instances} instances are fewer than one batch of {opts.batch_size}")
-
-    resumable = None
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    if opts.resume or opts.resume_or_start:
-        resumable = find_resumable(out)
-        if ctx.is_main:
-            for path, why in (resumable.skipped if resumable else []):
-                print(f"bertkit: note: {path.name} cannot be resumed from: {why}")
-        if resumable is None:
-            broken = list_checkpoints(out)
-            if not opts.resume_or_start:
-                what = "no complete checkpoint" if broken else "no checkpoint"
-                raise BertkitError(f"--resume: {out} holds {what} to resume from (use --resume-or-start to start fresh)")
-        elif ctx.is_main:
-            print(f"bertkit: resuming from {resumable.path} (step {resumable.step})")
-    elif list_checkpoints(out):
-        raise BertkitError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
-
     torch.manual_seed(opts.seed)  # the same initial weights on every rank
     model, tokenizer = build_model(opts, data)
-    model.to(ctx.device).train()
-    optimizer = build_optimizer(model, opts.optimizer, lr=opts.lr, weight_decay=opts.weight_decay, epsilon=opts.epsilon)
-    scheduler = linear_warmup_decay(optimizer, warmup_steps_for(opts.steps, opts.warmup_ratio), opts.steps)
-    step, epoch, batch_in_epoch = 0, 0, 0
-    if resumable is not None:
-        weights = load_checkpoint(resumable.path, head="pretraining")
-        model.load_state_dict(weights.state_dict())
-        del weights
-        optimizer.load_state_dict(resumable.state["optimizer"])
-        scheduler.load_state_dict(resumable.state["scheduler"])
-        step, epoch, batch_in_epoch = resumable.step, resumable.state["epoch"], resumable.state["batch_in_epoch"]
-        set_rng_state(resumable.state["rng"])
-    ddp_model = DDP(model) if ctx.enabled else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else contextlib.nullcontext()
-    log = MetricsLog(out, resume_step=step if resumable else None) if ctx.is_main else None
     info = {"task": "pretraining", "data": str(opts.data), "options": {k: v for k, v in asdict(opts).items() if k != "extra"}}
-    peak = peak_flops(ctx.device)
-    if ctx.is_main:
-        (out / "options.json").write_text(json.dumps(info["options"], indent=2) + "\n")
-
-    def save_checkpoint():
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise BertkitError(f"weights became non-finite at step {step}: training diverged; " + last_good()
-                               + " (try a lower --lr or a longer warmup)")
-        if ctx.is_main:
-            state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": rng_state(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-            write_checkpoint(out, step, model, tokenizer, state, info, keep=opts.keep_checkpoints)
-        ctx.barrier()
-
-    def last_good() -> str:
-        kept = list_checkpoints(out)
-        return f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint was written yet"
-
-    def run_eval():
-        if eval_data is None:
-            return {}
-        return evaluate(ddp_model, eval_data, ctx, opts.eval_batches, autocast)
-
-    bar = tqdm(total=opts.steps, initial=step, desc="pretraining", unit="step", disable=not (ctx.is_main and opts.progress), dynamic_ncols=True)
-    batches = islice(data.iter_epoch(epoch), batch_in_epoch, None)
-    window_start, window_tokens = time.perf_counter(), 0
-    last_eval = None
-    deadline = time.perf_counter() + 60 * opts.max_minutes if opts.max_minutes else None
-    stop_at = opts.steps
-    while step < stop_at:
-        global_batch = next(batches, None)
-        if global_batch is None:  # end of an epoch: reshuffle and go on
-            epoch, batch_in_epoch = epoch + 1, 0
-            batches = data.iter_epoch(epoch)
-            continue
-        batch_in_epoch += 1
-        parts = micro_batches(global_batch, ctx, opts.accumulate)
-        global_masked = float(global_batch["masked_lm_weights"].sum())
-        global_rows = float(opts.batch_size)
-        sums = torch.zeros(4, dtype=torch.float64)
-        for m, part in enumerate(parts):
-            sync = contextlib.nullcontext() if (m == len(parts) - 1 or not ctx.enabled) else ddp_model.no_sync()
-            with sync:
-                s = mlm_nsp_sums(ddp_model, part, autocast)
-                # x world size: DDP averages gradients over ranks, and we want the global sum / count.
-                loss = (s["mlm_sum"] / global_masked + s["nsp_sum"] / global_rows) * ctx.world_size
-                loss.backward()
-            sums += torch.stack([s["mlm_sum"].detach(), s["nsp_sum"].detach(), s["mlm_correct"], s["nsp_correct"]]).double().cpu()
-            window_tokens += int(part["valid_lengths"].sum()) * ctx.world_size
-        sums = ctx.all_reduce_sum(sums.to(ctx.device)).cpu()
-        mlm_loss, nsp_loss = sums[0].item() / global_masked, sums[1].item() / global_rows
-        if not math.isfinite(mlm_loss + nsp_loss):
-            raise BertkitError(f"loss became {mlm_loss + nsp_loss} at step {step + 1}: training diverged; "
-                               + last_good() + " (try a lower --lr or a longer warmup)")
-        apply_gradients(model.parameters(), optimizer, scheduler, opts.max_grad_norm)
-        step += 1
-        bar.update(1)
-        if deadline is not None and step < stop_at:
-            # every rank must stop at the same step: rank 0's clock decides
-            out_of_time = ctx.broadcast_object(time.perf_counter() > deadline)
-            if out_of_time:
-                stop_at = step
-                if ctx.is_main:
-                    print(f"bertkit: note: --max-minutes {opts.max_minutes} reached at step {step}")
-
-        row = None
-        if step % opts.log_interval == 0 or step == stop_at:
-            elapsed = time.perf_counter() - window_start
-            tokens_per_s = window_tokens / max(elapsed, 1e-9)
-            seqlen = float(global_batch["valid_lengths"].float().mean())
-            mfu = tokens_per_s * flops_per_token(model.config, int(seqlen)) / (peak * ctx.world_size) if peak else None
-            row = {"step": step, "loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
-                   "mlm_accuracy": sums[2].item() / global_masked, "nsp_accuracy": sums[3].item() / global_rows,
-                   "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s, "epoch": epoch}
-            if mfu is not None:
-                row["mfu"] = mfu
-            bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{100 * mfu:.1f}%" if mfu else "?")
-            window_start, window_tokens = time.perf_counter(), 0
-        if eval_data is not None and (step % opts.eval_interval == 0 or step == stop_at):
-            last_eval = run_eval()
-            row = {**(row or {"step": step}), **last_eval}
-        if row is not None and log is not None:
-            log.write(row)
-        if step % opts.ckpt_interval == 0 or step == stop_at:
-            save_checkpoint()
-    bar.close()
-
+    job = PretrainingJob(data, eval_data, opts, ctx, model, tokenizer, info)
+    loop = LoopOptions(precision=opts.precision, accumulate=opts.accumulate, log_every=opts.log_interval,
+                       eval_every=opts.eval_interval if eval_data is not None else 0, eval_at_epoch_end=False,
+                       ckpt_interval=opts.ckpt_interval, ckpt_at_epoch_end=False, keep_checkpoints=opts.keep_checkpoints,
+                       resume=opts.resume, resume_or_start=opts.resume_or_start, max_minutes=opts.max_minutes,
+                       fresh_start_hint="use --resume-or-start to start fresh",
+                       tensorboard=True, progress=opts.progress)
+    optim = OptimizerSpec(opts.optimizer, opts.lr, opts.weight_decay, opts.epsilon, opts.warmup_ratio, opts.max_grad_norm)
+    result = run_training(job, model, ctx, out, opts.steps, optim, loop, before_training=lambda: ctx.is_main and (
+        out / "options.json").write_text(json.dumps(info["options"], indent=2) + "\n"))
     final = out / "final"
     if ctx.is_main:
         from ..checkpoint import save
 
-        save(model, final, tokenizer, info={**info, "step": step, **({"eval": last_eval} if last_eval else {})})
-        log.close()
+        last = result.last_results
+        save(model, final, tokenizer, info={**info, "step": result.step, **({"eval": last} if last else {})})
         if opts.plot:
             png = plot_metrics(out / "metrics.jsonl", out / "loss.png")
             if png is None:
-                print("bertkit: note: --plot needs matplotlib: pip install matplotlib")
+                say("bertkit: note: --plot needs matplotlib: pip install matplotlib")
     ctx.barrier()
     return final
 
 
-__all__ = ["PretrainOptions", "pretrain", "evaluate"]
+__all__ = ["PretrainOptions", "PretrainingJob", "pretrain", "evaluate"]

@@ -1,0 +1,36 @@
+"""Flags several commands share: where the model runs, in which precision, and how training runs."""
+
+from __future__ import annotations
+
+import os
+
+
+def add_device_arguments(p) -> None:
+    """--device and --precision (with GluonNLP's --dtype spelling) for any command that runs a model."""
+    p.add_argument("--device", default="auto", metavar="DEV",
+                   help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--precision", "--dtype", dest="precision", default="fp32", metavar="P",
+                   help="fp32, bf16 (CUDA, or a CPU with AVX512_BF16/AMX) or fp16 (CUDA); float32/bfloat16/float16 "
+                        "also accepted. Autocast: weights and checkpoints stay fp32 (default fp32)")
+
+
+def add_training_arguments(p) -> None:
+    """The one training loop's flags (train/loop.py), for `finetune` and `squad`."""
+    add_device_arguments(p)
+    p.add_argument("--max-tokens", type=int, metavar="N",
+                   help="batches of up to N real tokens (drawn at random) instead of --batch-size rows")
+    p.add_argument("--ckpt-interval", type=int, default=0, metavar="STEPS",
+                   help="also write a resumable checkpoint every STEPS optimizer steps (always at each epoch end)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run in --out from its newest checkpoint (same flags as the first run)")
+
+
+def training_settings(args) -> dict:
+    """The TrainConfig fields `add_training_arguments` sets."""
+    return {"device": args.device, "precision": args.precision, "max_tokens": args.max_tokens,
+            "ckpt_interval": args.ckpt_interval, "resume": args.resume}
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job (or a plain run): the one that prints results."""
+    return int(os.environ.get("RANK", "0")) == 0
