@@ -82,13 +82,13 @@ def resolve_precision(name: str | None, device: torch.device, flags: frozenset[s
         raise BertkitError(f"--precision {name}: use fp32, bf16 or fp16 (or --dtype float32/bfloat16/float16)")
     if device.type == "cpu":
         if key == "fp16":
-            raise BertkitError("--precision fp16 needs a CUDA GPU: CPUs have no fast fp16 matrix multiply; "
+            raise BertkitError(f"--precision {name} needs a CUDA GPU: CPUs have no fast fp16 matrix multiply; "
                                "use --precision bf16 on a CPU with AVX512_BF16 or AMX, or fp32")
         if key == "bf16" and not native_bf16_cpu(flags):
-            raise BertkitError("--precision bf16: this CPU has no native bf16 instructions (AVX512_BF16 or AMX), "
+            raise BertkitError(f"--precision {name}: this CPU has no native bf16 instructions (AVX512_BF16 or AMX), "
                                "so bf16 would run several times slower than fp32; use --precision fp32")
     elif device.type == "cuda" and key == "bf16" and not torch.cuda.is_bf16_supported():
-        raise BertkitError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use fp16 or fp32")
+        raise BertkitError(f"--precision {name}: {torch.cuda.get_device_name(device)} has no bf16 support; use fp16 or fp32")
     return key
 
 

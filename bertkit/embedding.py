@@ -7,6 +7,12 @@
 
 Inputs are encoded in batches of similar length (sorted, then put back in the caller's order), so a
 file of mixed-length lines wastes little work on padding.
+
+Where it runs: a model given by name is loaded and moved to `device` (default: a GPU when torch
+sees one, else the CPU); a model object you pass stays on its device unless you give `device`. The
+batches always go to the model's current device, so `emb.model.to("cuda")` later works too.
+`precision="bf16"` (CUDA, or a CPU with AVX512_BF16/AMX) or "fp16" (CUDA) runs the encoder under
+autocast (bertkit/device.py); the vectors returned are float32 either way.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from .device import autocast, model_device, resolve_device, resolve_precision
 from .errors import BertkitError
 
 POOLINGS = ("none", "cls", "mean", "auto")
@@ -83,38 +90,50 @@ class SentenceRecipe:
 
 
 class BertEmbedding:
-    def __init__(self, model="all-minilm-l6-v2", max_len: int = 512, batch_size: int = 32, device: str | None = None):
+    def __init__(self, model="all-minilm-l6-v2", max_len: int = 512, batch_size: int = 32, device: str | None = None,
+                 precision: str = "fp32"):
         from .checkpoint import load
 
-        self.model = load(model, head="encoder") if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__") else model
+        by_name = isinstance(model, (str, bytes)) or hasattr(model, "__fspath__")
+        self.model = load(model, head="encoder") if by_name else model
         if getattr(self.model, "tokenizer", None) is None:
             raise BertkitError("model has no tokenizer (its checkpoint directory lacks vocab.txt)")
         self.tokenizer = self.model.tokenizer
         self.max_len = min(max_len, self.model.config.max_position_embeddings)
         self.batch_size = batch_size
         self.n_truncated = 0  # inputs cut to max_len so far, for callers that report it once
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         directory = (getattr(self.model, "load_report", None) or {}).get("directory")
         self.recipe = SentenceRecipe.from_dir(directory) if directory else SentenceRecipe()
-        self.model.to(self.device).eval()
+        if device is not None or by_name:
+            self.model.to(resolve_device(device or "auto"))
+        self.model.eval()
+        self.precision = resolve_precision(precision, self.device)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model is now (its batches go there)."""
+        return model_device(self.model)
 
     def _batches(self, sentences: Sequence[str], max_len: int | None = None) -> Iterator[tuple[list[int], object, torch.Tensor]]:
-        """Yield (original indices, encodings, last hidden states (b, T, H)) batch by batch."""
+        """Yield (original indices, the padded batch on the CPU, last hidden states (b, T, H) as
+        float32 on the CPU) batch by batch."""
         encodings = self.tokenizer.encode_batch(list(sentences), max_len=max_len or self.max_len)
         self.n_truncated += sum(e.truncated for e in encodings)
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i]))
+        device = self.device
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            batch = self.tokenizer.pad([encodings[i] for i in idx]).to(self.device)
-            with torch.inference_mode():
-                seq, _ = self.model(batch.input_ids, batch.segment_ids, batch.valid_lengths)
-            yield idx, batch, seq
+            batch = self.tokenizer.pad([encodings[i] for i in idx])
+            on_device = batch.to(device)
+            with torch.inference_mode(), autocast(device, self.precision):
+                seq, _ = self.model(on_device.input_ids, on_device.segment_ids, on_device.valid_lengths)
+            yield idx, batch, seq.float().cpu()
 
     def __call__(self, sentences: Sequence[str]) -> list[tuple[list[str], np.ndarray]]:
         """For each sentence: (WordPiece tokens, vectors (len(tokens), H)) from the last layer."""
         out: list = [None] * len(sentences)
         for idx, batch, seq in self._batches(sentences):
-            seq = seq.float().cpu().numpy()
+            seq = seq.numpy()
             for row, i in enumerate(idx):
                 n = int(batch.valid_lengths[row])
                 out[i] = (batch.encodings[row].tokens, seq[row, :n].copy())
@@ -134,7 +153,7 @@ class BertEmbedding:
         hidden = self.model.config.hidden_size
         out: list = [None] * len(sentences)
         for idx, batch, seq in self._batches(sentences):
-            seq = seq.float().cpu().numpy()
+            seq = seq.numpy()
             for row, i in enumerate(idx):
                 enc = batch.encodings[row]
                 groups = piece_groups(enc.tokens)
@@ -155,5 +174,5 @@ class BertEmbedding:
         max_len = min(self.max_len, recipe.max_seq_length or self.max_len)
         out = np.zeros((len(sentences), self.model.config.hidden_size), dtype=np.float32)
         for idx, batch, seq in self._batches(sentences, max_len):
-            out[idx] = recipe.apply(seq.float().cpu().numpy(), batch.valid_lengths.cpu().numpy())
+            out[idx] = recipe.apply(seq.numpy(), batch.valid_lengths.numpy())
         return out

@@ -13,8 +13,8 @@ after the products instead of before them; tests/test_fused_linear.py checks 1e-
 The weight is re-laid out once for oneDNN and cached beside the Linear module (not in it, so the
 model still deep-copies and pickles); the cache is rebuilt when the weight changes (an optimizer
 step, a load: see weight_versions.py).
-The fused path is taken only for float32 tensors on the CPU with gradients off and outside
-tracing and compiling (the graph exporters see plain ops); everywhere else the same plain ops run.
+The fused path is taken only for float32 tensors on the CPU with gradients off, outside autocast
+(bf16), and outside tracing and compiling (the graph exporters see plain ops); everywhere else the same plain ops run.
 Up to 256 rows `PackedLinear`'s MKL path is faster and takes precedence (`fuse_above_rows`).
 """
 
@@ -48,11 +48,17 @@ def graph_capture() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
 
 
+def cpu_autocast() -> bool:
+    """Whether a CPU autocast region (`--precision bf16`) is active: then the fp32-only kernels here
+    and in packed_linear.py / scripted_encoder.py step aside and autocast's bf16 ops run."""
+    return torch.is_autocast_enabled("cpu")
+
+
 def can_fuse(x: torch.Tensor, *linears: nn.Module, activation: str | None = None) -> bool:
     """Whether `fused_linear` will take oneDNN's fused path for 2-D input `x` through `linears`. A
     Linear can ask for its own path up to `fuse_above_rows` rows (`PackedLinear` does)."""
     return (
-        x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+        x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() and not cpu_autocast()
         and (activation is None or activation in ACTIVATIONS) and not graph_capture() and onednn_available()
         and all(isinstance(m, nn.Linear) and m.bias is not None and m.weight.dtype == torch.float32
                 and x.shape[0] > getattr(m, "fuse_above_rows", 0) for m in linears)

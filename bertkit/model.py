@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from .config import BertConfig
 from .cpu.threads import fit_threads
 from .dropout import Dropout, attention_with_dropout
-from .fused_linear import ACTIVATIONS, fused_linear
+from .fused_linear import ACTIVATIONS, fused_linear, graph_capture
 from .padding import packed_rows, real_token_indices, repad, unpad
 
 
@@ -52,6 +52,33 @@ def token_mask(input_ids: torch.Tensor, valid_lengths=None, attention_mask=None)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         return positions[None, :] < valid_lengths.to(input_ids.device)[:, None]
     return torch.ones_like(input_ids, dtype=torch.bool)
+
+
+def uses_jagged_attention(x: torch.Tensor) -> bool:
+    """Padded batches on CUDA: attention as a nested jagged tensor, which reaches the flash and
+    memory-efficient SDPA kernels (a boolean padding mask rules flash out). Not on the CPU, where
+    PyTorch has no jagged SDPA kernel (and bertkit's own CPU paths are faster), nor while a graph is
+    being recorded for export."""
+    return x.is_cuda and not graph_capture()
+
+
+def jagged_offsets(mask: torch.Tensor) -> torch.Tensor:
+    """(B + 1,) start offsets of each row's real tokens in the packed layout (rows are contiguous
+    there: `real_token_indices` is row-major)."""
+    return F.pad(mask.sum(1).cumsum(0), (1, 0))
+
+
+def jagged_qkv(qkv: torch.Tensor, offsets: torch.Tensor, heads: int, head_dim: int):
+    """Packed (N, 3H) projections -> q, k, v nested jagged tensors of shape (B, heads, j, head_dim)."""
+    q, k, v = qkv.view(-1, 3, heads, head_dim).unbind(1)
+    return [torch.nested.nested_tensor_from_jagged(t, offsets).transpose(1, 2) for t in (q, k, v)]
+
+
+def jagged_attention(qkv: torch.Tensor, offsets: torch.Tensor, heads: int, head_dim: int, dropout: float) -> torch.Tensor:
+    """Self-attention of each row over its own real tokens; packed (N, 3H) in, packed (N, H) out."""
+    q, k, v = jagged_qkv(qkv, offsets, heads, head_dim)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    return out.transpose(1, 2).values().reshape(qkv.shape[0], heads * head_dim)
 
 
 class BertEmbeddings(nn.Module):
@@ -85,10 +112,15 @@ class BertLayer(nn.Module):
         self.dropout = Dropout(cfg.hidden_dropout_prob)
         self.attn_dropout = cfg.attention_probs_dropout_prob
 
-    def attention(self, x, indices, batch, seqlen, key_mask, out_rows=None):
+    def attention(self, x, indices, batch, seqlen, key_mask, out_rows=None, offsets=None, out_packed=None):
         """Self-attention over the packed tokens; returns the rows `out_rows` (flat indices into
-        B*T) of its output, by default every real token's."""
+        B*T; `out_packed`: the same rows in the packed layout) of its output, by default every real
+        token's. With `offsets` (a padded batch on CUDA) the packed rows go to SDPA as a nested
+        jagged tensor: no padding mask, so the flash / memory-efficient kernels can run."""
         qkv = fused_linear(self.qkv, x)  # (N, 3H)
+        if offsets is not None:
+            out = jagged_attention(qkv, offsets, self.num_heads, self.head_dim, self.attn_dropout if self.training else 0.0)
+            return out if out_packed is None else out.index_select(0, out_packed)
         if indices is not None:
             qkv = repad(qkv, indices, batch, seqlen)  # (B, T, 3H), zeros at padding
         q, k, v = qkv.view(batch, seqlen, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -112,14 +144,14 @@ class BertLayer(nn.Module):
             scores.add_(scores.new_zeros(key_mask.shape).masked_fill_(~key_mask, float("-inf")))
         return attention_with_dropout(scores, v, self.attn_dropout)
 
-    def forward(self, x, indices, batch, seqlen, key_mask, keep=None):
+    def forward(self, x, indices, batch, seqlen, key_mask, keep=None, offsets=None):
         """`keep`: optional (packed rows, flat rows) of the only tokens whose outputs are wanted; the
         block then returns just those rows, skipping the projection and feed-forward of the rest."""
         if keep is None:
-            a = self.attention(x, indices, batch, seqlen, key_mask)
+            a = self.attention(x, indices, batch, seqlen, key_mask, offsets=offsets)
         else:
             keep_packed, keep_flat = keep
-            a = self.attention(x, indices, batch, seqlen, key_mask, out_rows=keep_flat)
+            a = self.attention(x, indices, batch, seqlen, key_mask, out_rows=keep_flat, offsets=offsets, out_packed=keep_packed)
             x = x.index_select(0, keep_packed)
         if not self.training:  # no dropout: on CPU inference, GELU and residual adds inside the GEMMs (fused_linear.py)
             x = self.attn_norm(fused_linear(self.attn_out, a, residual=x))
@@ -165,8 +197,9 @@ class BertModel(nn.Module):
             key_mask = mask[:, None, None, :]  # (B, 1, 1, T): every query may attend to every real key
             x = self.embeddings(unpad(input_ids, indices), unpad(segment_ids, indices), unpad(positions, indices))
         keep = None if rows is None else (packed_rows(rows, indices, batch * seqlen), rows)
+        offsets = jagged_offsets(mask) if indices is not None and uses_jagged_attention(input_ids) else None
         for i, layer in enumerate(self.layers):
-            x = layer(x, indices, batch, seqlen, key_mask, keep if i == len(self.layers) - 1 else None)
+            x = layer(x, indices, batch, seqlen, key_mask, keep if i == len(self.layers) - 1 else None, offsets)
         return x, indices
 
     def pool(self, sequence_output: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fused_linear import cpu_autocast
 from .weight_versions import weight_key
 
 PACK_FOR_ROWS = 64  # MKL's packing takes a typical row count as a hint; any row count works after
@@ -60,7 +61,7 @@ class PackedLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.training or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
-                or self.weight.dtype != torch.float32 or self.bias is None):
+                or self.weight.dtype != torch.float32 or self.bias is None or cpu_autocast()):
             return F.linear(x, self.weight, self.bias)
         flat = x.reshape(-1, x.shape[-1])
         if flat.shape[0] > PACKED_MAX_ROWS:

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fused_linear import graph_capture
+from .fused_linear import cpu_autocast, graph_capture
 from .native_encoder import NativeEncoder, kernels_apply, load_kernels
 from .packed_linear import PACK_FOR_ROWS, PACKED_MAX_ROWS, mkl_packing_available
 from .weight_versions import ParametersWatch
@@ -128,7 +128,7 @@ class ScriptedEncoder:
         bert = self.bert
         if (bert.training or torch.is_grad_enabled() or input_ids.device.type != "cpu" or input_ids.dim() != 2
                 or input_ids.numel() > self.max_tokens or input_ids.shape[1] > bert.config.max_position_embeddings
-                or graph_capture()):
+                or graph_capture() or cpu_autocast()):
             return None
         if attention_mask is not None:
             if not bool(attention_mask.all()):

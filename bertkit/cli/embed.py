@@ -1,6 +1,8 @@
 """`bertkit embed`: token, word or sentence vectors as JSON lines or a .npy matrix."""
 
 
+from .options import add_device_arguments
+
 CHUNK = 4096  # lines encoded at a time from --file: memory stays flat on big files
 
 
@@ -20,6 +22,7 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-len", type=int, default=512, help="truncate longer sentences to this many tokens")
     p.add_argument("--errors", choices=("strict", "replace"), default="strict", help="what to do with invalid UTF-8 in --file")
+    add_device_arguments(p)  # vectors are written as float32 whatever the precision
 
 
 def run(args):
@@ -31,6 +34,7 @@ def run(args):
     import numpy as np
     from tqdm import tqdm
 
+    from ..device import resolve_device, resolve_precision
     from ..embedding import BertEmbedding
     from ..errors import BertkitError
     from ..textio import iter_lines
@@ -44,7 +48,9 @@ def run(args):
         raise BertkitError("--format npy needs --out FILE.npy")
     if args.batch_size < 1:
         raise BertkitError(f"--batch-size must be at least 1, got {args.batch_size}")
-    emb = BertEmbedding(args.model, max_len=args.max_len, batch_size=args.batch_size)
+    device = resolve_device(args.device)  # a device or precision this machine lacks: one line, nothing written
+    precision = resolve_precision(args.precision, device)
+    emb = BertEmbedding(args.model, max_len=args.max_len, batch_size=args.batch_size, device=device, precision=precision)
     lines = iter(args.sentences) if args.sentences else iter_lines(args.file, errors=args.errors)
     out = open(args.out, "w", encoding="utf-8") if args.out and args.format == "jsonl" else sys.stdout
     # A progress bar only for a person watching: piped stderr stays clean (one-line errors and notes).

@@ -1,5 +1,7 @@
 """`bertkit predict`: the label (and its probability) or regression score of texts, or their entities, from a fine-tuned checkpoint."""
 
+from .options import add_device_arguments
+
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="a fine-tuned checkpoint directory (from bertkit finetune, or transformers)")
@@ -14,6 +16,7 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--question", help="question-answering checkpoint: the question (with --context)")
     p.add_argument("--context", help="question-answering checkpoint: the text holding the answer")
+    add_device_arguments(p)
 
 
 def read_inputs(path):
@@ -49,7 +52,7 @@ def read_inputs(path):
     return texts, (texts_b if b is not None else None)
 
 
-def _answer(model, args):
+def _answer(model, args, precision):
     """A question-answering checkpoint: one JSON object {text, start, end, score}."""
     import json
 
@@ -60,25 +63,28 @@ def _answer(model, args):
         raise BertkitError(f"--model {args.model}: not a question-answering checkpoint; --question/--context need one")
     if args.question is None or args.context is None or args.texts or args.file:
         raise BertkitError("give both --question Q and --context C, and no TEXT or --file")
-    print(json.dumps(model.answer(args.question, args.context), ensure_ascii=False))
+    print(json.dumps(model.answer(args.question, args.context, precision=precision), ensure_ascii=False))
     return 0
 
 
 def run(args):
     from ..checkpoint import load
+    from ..device import resolve_device, resolve_precision
     from ..errors import BertkitError
 
+    device = resolve_device(args.device)  # a device or precision this machine lacks: one line, nothing written
+    precision = resolve_precision(args.precision, device)
     if args.question is not None or args.context is not None:
-        return _answer(load(args.model), args)
+        return _answer(load(args.model).to(device), args, precision)
     if args.file and args.texts:
         raise BertkitError("give either TEXT [TEXT_B] or --file, not both")
     if not args.file and not args.texts:
         raise BertkitError("give one TEXT, a pair TEXT TEXT_B, or --file F.tsv")
-    model = load(args.model)
+    model = load(args.model).to(device)
     if type(model).__name__ == "BertForQuestionAnswering":
         raise BertkitError(f"--model {args.model} answers questions: give --question Q --context C")
     if type(model).__name__ == "BertForTokenClassification":
-        return predict_entities(model, args)
+        return predict_entities(model, args, precision)
     if not args.file and len(args.texts) > 2:
         raise BertkitError("give one TEXT, a pair TEXT TEXT_B, or --file F.tsv")
     if model.load_report.get("missing"):
@@ -89,14 +95,15 @@ def run(args):
         raise BertkitError(f"--model {args.model}: not a sequence classification/regression checkpoint")
     if args.file:
         texts, texts_b = read_inputs(args.file)
-        write_json_lines(model.predict(texts, texts_b, max_len=args.max_len, batch_size=args.batch_size), args.out)
+        write_json_lines(model.predict(texts, texts_b, max_len=args.max_len, batch_size=args.batch_size,
+                                       precision=precision), args.out)
         return 0
     texts_b = [args.texts[1]] if len(args.texts) == 2 else None
-    r = model.predict([args.texts[0]], texts_b, max_len=args.max_len)[0]
+    r = model.predict([args.texts[0]], texts_b, max_len=args.max_len, precision=precision)[0]
     print(f"{r['score']:.4f}" if r["label"] is None else f"{r['label']}\t{r['score']:.4f}")
 
 
-def predict_entities(model, args):
+def predict_entities(model, args, precision="fp32"):
     """A token-classification checkpoint: one JSON line {"entities": [...]} per TEXT, or per line of a
     plain-text --file (blank lines give no entities, so output line N is input line N)."""
     from ..errors import BertkitError
@@ -105,7 +112,7 @@ def predict_entities(model, args):
     if model.load_report.get("missing"):
         raise BertkitError(f"--model {args.model}: not a fine-tuned token-classification checkpoint (no trained head)")
     texts = list(iter_lines(args.file)) if args.file else args.texts
-    write_json_lines(model.predict(texts, max_len=args.max_len, batch_size=args.batch_size), args.out)
+    write_json_lines(model.predict(texts, max_len=args.max_len, batch_size=args.batch_size, precision=precision), args.out)
     return 0
 
 

@@ -2,6 +2,8 @@
 
 import threading
 
+from .options import add_device_arguments
+
 MAX_WORKERS = 8  # batches in flight at once at most (each holds its activations)
 
 
@@ -19,6 +21,7 @@ def add_arguments(p):
     p.add_argument("--max-queue", type=int, default=1024, help="inputs waiting at most; beyond it requests get 503")
     p.add_argument("--max-client-batch-size", type=int, default=32, help="inputs one request may send")
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's choice)")
+    add_device_arguments(p)  # a checkpoint on --backend torch; exports, onnx and int8 run on the CPU in their own precision
 
 
 def run(args):
@@ -31,6 +34,10 @@ def run(args):
             raise BertkitError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.max_wait_ms < 0:
         raise BertkitError(f"--max-wait-ms must not be negative, got {args.max_wait_ms}")
+    from ..serve.backends import placement
+
+    # a device or precision this machine or backend cannot run: one line, before anything is loaded
+    device, precision = placement(args.model, args.backend, args.quantize, args.device, args.precision)
     try:
         import uvicorn
     except ImportError:
@@ -48,8 +55,10 @@ def run(args):
         print(f"bertkit serve: {msg}", file=sys.stderr, flush=True)
 
     backend = _on_a_passing_thread(lambda: load_backend(args.model, args.backend, threads=args.threads,
-                                                        quantize=args.quantize, log=log))
-    # torch on a CPU whose thread count bertkit chooses: batches run side by side under load (batcher.py)
+                                                        quantize=args.quantize, log=log, device=device,
+                                                        precision=precision))
+    # torch on a CPU whose thread count bertkit chooses: batches run side by side under load (batcher.py);
+    # on a GPU one worker (concurrent_forwards is False there)
     workers = 1 if args.threads or not backend.concurrent_forwards or not follows_machine() else \
         min(MAX_WORKERS, configure_threads().threads)
     batcher = DynamicBatcher(backend.forward, args.max_batch_size, args.max_wait_ms, args.max_queue, workers=workers)
@@ -57,7 +66,7 @@ def run(args):
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=None)
     server = uvicorn.Server(config)
-    log(f"{backend.head} model on {backend.name}, batches of up to {args.max_batch_size} "
+    log(f"{backend.head} model on {backend.name} ({backend.device}, {backend.precision}), batches of up to {args.max_batch_size} "
         f"(wait {args.max_wait_ms:g} ms, {workers} at a time under load); listening on http://{args.host}:{args.port}")
     try:
         server.run()  # SIGTERM / Ctrl-C: stop accepting, finish the accepted requests, exit

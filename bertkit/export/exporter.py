@@ -9,6 +9,10 @@
 
 The model file is verified against the PyTorch model before the manifest is written: fp32 must be
 within FP32_TOLERANCE (else the export fails and leaves no model file); int8 reports agreement.
+
+The file is always written from the checkpoint loaded on the CPU in float32. `device` only chooses
+where the PyTorch reference of the verification runs (the CPU by default; a GPU in true fp32), and
+the reference is always fp32: `precision` other than fp32 is refused (verify.py says why).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..device import resolve_device, resolve_precision
 from ..errors import BertkitError
 from . import verify
 from .graph import INPUT_NAMES, ExportGraph
@@ -42,11 +47,26 @@ def _remove_model_files(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def check_precision(precision: str | None, device: torch.device) -> str:
+    """The reference's precision for `export`: fp32, or a one-line BertkitError saying why not."""
+    key = resolve_precision(precision, device)
+    if key != "fp32":
+        raise BertkitError(f"--precision {precision}: export writes an fp32 graph and verifies it against the fp32 "
+                           "PyTorch model (max |diff| <= 1e-4); a reduced-precision reference would only loosen that "
+                           "check, so export takes --precision fp32 only (--device still chooses where the reference runs)")
+    return key
+
+
 def export(model: str | Path, fmt: str, out: str | Path, quantize: str | None = None, seq_length: int | None = None,
-           eval_file: str | Path | None = None, optimize: bool = True) -> dict:
-    """Export checkpoint `model` as `fmt` ("onnx" or "torch") into `out`; returns the manifest."""
+           eval_file: str | Path | None = None, optimize: bool = True, device: str | torch.device = "cpu",
+           precision: str = "fp32") -> dict:
+    """Export checkpoint `model` as `fmt` ("onnx" or "torch") into `out`; returns the manifest.
+    `device`: where the fp32 PyTorch reference of the verification runs ("cpu", "cuda", ...); the
+    file is written from a CPU fp32 copy whatever it is. `precision`: "fp32" only (see verify.py)."""
     from ..checkpoint import head_of, load, resolve
 
+    device = resolve_device(device)
+    check_precision(precision, device)
     if fmt not in FORMATS:
         raise BertkitError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if quantize not in (None, "int8"):
@@ -76,13 +96,14 @@ def export(model: str | Path, fmt: str, out: str | Path, quantize: str | None = 
     texts = verify.reference_texts([e.text_a for e in eval_examples] if eval_examples else None)
     batches = verify.verification_batches(tokenizer, texts, max_len)
     try:
-        return _export(model, head, directory, graph, batches, fmt, out, quantize, max_len, eval_examples, optimize)
+        return _export(model, head, directory, graph, batches, fmt, out, quantize, max_len, eval_examples, optimize, device)
     except BaseException:
         _remove_model_files(out)  # a failed export leaves no model file or manifest behind
         raise
 
 
-def _export(model, head, directory, graph, batches, fmt, out, quantize, max_len, eval_examples, optimize) -> dict:
+def _export(model, head, directory, graph, batches, fmt, out, quantize, max_len, eval_examples, optimize,
+            device: torch.device) -> dict:
     from ..embedding import SentenceRecipe
 
     cfg, tokenizer = model.config, model.tokenizer
@@ -141,13 +162,17 @@ def _export(model, head, directory, graph, batches, fmt, out, quantize, max_len,
 
     exported = ExportedModel(out, threads=torch.get_num_threads())
     n_rows = sum(len(b) for b in batches)
-    if quantize:
-        result = verify.agreement(model, head, exported, batches, recipe)
-    else:
-        result = {"max_abs_diff": verify.max_abs_diff(model, head, exported, batches), "tolerance": verify.FP32_TOLERANCE}
-    result.update(sentences=n_rows, batches=len(batches), reference="bertkit PyTorch fp32 (unpadded forward)")
-    if eval_examples is not None:
-        result["eval"] = verify.eval_scores(model, head, exported, tokenizer, eval_examples, model.labels, max_len)
+    # The file is written (from the CPU model; the graph shares its modules): now the reference may move.
+    model.to(device)
+    with verify.true_fp32():
+        if quantize:
+            result = verify.agreement(model, head, exported, batches, recipe)
+        else:
+            result = {"max_abs_diff": verify.max_abs_diff(model, head, exported, batches), "tolerance": verify.FP32_TOLERANCE}
+        where = "" if device.type == "cpu" else f" on {device}"
+        result.update(sentences=n_rows, batches=len(batches), reference=f"bertkit PyTorch fp32{where} (unpadded forward)")
+        if eval_examples is not None:
+            result["eval"] = verify.eval_scores(model, head, exported, tokenizer, eval_examples, model.labels, max_len)
     if not quantize and not result["max_abs_diff"] <= verify.FP32_TOLERANCE:
         raise BertkitError(f"export failed verification: max |exported - PyTorch| = {result['max_abs_diff']:.3g} over "
                            f"{n_rows} sentences, above the tolerance {verify.FP32_TOLERANCE:g}; no model was written")

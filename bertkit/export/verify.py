@@ -5,16 +5,26 @@ dependencies) plus the `--eval-file` texts when given, run in batches that exerc
 wrong in a graph: mixed lengths padded together, single unpadded rows, text pairs (segment 1), and
 inputs at the full sequence length beside short ones. The reference is bertkit's own (unpadded)
 forward pass of the checkpoint, so the export graph is checked against the real model.
+
+The reference is always float32. It runs where the model is (`bertkit export --device`: the CPU, or
+a GPU with TF32 matrix multiplies turned off for the comparison, so both sides are true fp32); the
+exported file itself is written from the CPU fp32 model and runs on the CPU. There is no bf16 or
+fp16 reference: the exported graph is fp32, and a reduced-precision reference would only loosen the
+1e-4 check that catches a wrong graph (bf16 keeps 8 mantissa bits: hidden states of a few units
+differ by ~1e-2 from fp32, a hundred times FP32_TOLERANCE), so `export` refuses `--precision` other
+than fp32 (exporter.check_precision).
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..device import autocast, model_device
 from ..errors import BertkitError
 from ..tokenizer import TruncationWarning
 
@@ -51,9 +61,14 @@ def verification_batches(tokenizer, texts: list[str], max_len: int) -> list:
     ]
 
 
-def torch_outputs(model, head: str, batch) -> list[np.ndarray]:
-    """The PyTorch model's outputs for `batch`, in the export graph's output order."""
-    with torch.inference_mode():
+def torch_outputs(model, head: str, batch, precision: str = "fp32") -> list[np.ndarray]:
+    """The PyTorch model's outputs for `batch` (a CPU batch: it is moved to the model's device), in
+    the export graph's output order, as float32 arrays. `precision` other than fp32 runs the forward
+    under autocast (`bertkit serve --precision`; export's own reference is always fp32)."""
+    device = model_device(model)
+    if batch.input_ids.device != device:
+        batch = batch.to(device)
+    with torch.inference_mode(), autocast(device, precision):
         args = (batch.input_ids, batch.segment_ids, batch.valid_lengths)
         if head in ("encoder", "pretraining"):
             encoder = model.bert if hasattr(model, "bert") else model
@@ -61,7 +76,25 @@ def torch_outputs(model, head: str, batch) -> list[np.ndarray]:
         else:
             out = model(*args)
     out = out if isinstance(out, tuple) else (out,)
-    return [o.float().numpy() for o in out]
+    return [o.float().cpu().numpy() for o in out]
+
+
+@contextlib.contextmanager
+def true_fp32():
+    """CUDA matrix multiplies in full fp32 (no TF32, whatever the process set) while a GPU reference
+    runs: TF32 keeps 10 mantissa bits and would miss the 1e-4 tolerance on its own."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    precision = torch.get_float32_matmul_precision()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+        torch.set_float32_matmul_precision(precision)
 
 
 def exported_outputs(exported, batch) -> list[np.ndarray]:

@@ -5,6 +5,13 @@ Every backend offers the same small interface to the server:
     forward(encodings) -> list of per-input results (a sentence vector, a {"label", "score"}, ...)
     answer(question, context) (question-answering heads)
 `forward` gets inputs the batcher grouped by length; it pads them once and runs one batch.
+
+Where and how the model runs (`placement`): a checkpoint on PyTorch goes to `--device` (the CPU, or
+one GPU) and runs its forward passes in `--precision` under autocast. Autocast is thread-local, so
+it is entered inside `outputs()` / `answer()`, on the batcher's worker thread that runs the model,
+never on the request handler's. An export (ONNX Runtime or a torch.export file), ONNX made at
+start-up, and int8 run on the CPU in their own precision: `auto` means the CPU for them, and an
+explicit GPU or bf16/fp16 is refused.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ..device import resolve_device, resolve_precision
 from ..errors import BertkitError
 
 BACKENDS = ("torch", "onnx")
@@ -31,9 +40,44 @@ def softmax_labels(logits: np.ndarray, labels: list | None) -> list[dict]:
     return [{"label": names[int(i)], "score": float(p[i])} for p, i in zip(probs, probs.argmax(axis=1))]
 
 
+def runs_on_cpu_only(model: str, backend: str | None = None, quantize: str | None = None) -> str | None:
+    """Why `model` with these flags can run only on the CPU in fp32 (a phrase), or None when it runs
+    on bertkit's PyTorch model, which goes wherever --device says."""
+    from ..export.runtime import is_export_dir
+
+    path = Path(model).expanduser()
+    if path.is_dir() and is_export_dir(path):
+        return f"{path} is an export, which runs on the CPU in its own precision"
+    if backend == "onnx":
+        return "--backend onnx runs on ONNX Runtime's CPU provider, in fp32"
+    if quantize:
+        return f"--quantize {quantize} runs PyTorch's int8 CPU kernels"
+    return None
+
+
+def placement(model: str, backend: str | None = None, quantize: str | None = None, device: str = "auto",
+              precision: str = "fp32") -> tuple[torch.device, str]:
+    """(device, precision) for `bertkit serve`, checked before anything is loaded: a device or
+    precision this machine or this backend cannot run is a one-line BertkitError naming the flag."""
+    where = resolve_device(device)
+    key = resolve_precision(precision, where)
+    cpu_only = runs_on_cpu_only(model, backend, quantize)
+    if cpu_only is None:
+        return where, key
+    if where.type != "cpu" and str(device).strip().lower() != "auto":
+        raise BertkitError(f"--device {device}: {cpu_only}; give a checkpoint with --backend torch (no --quantize) "
+                           "to serve on a GPU, or --device cpu")
+    if key != "fp32":
+        raise BertkitError(f"--precision {precision}: {cpu_only}; --precision applies to a checkpoint on "
+                           "--backend torch without --quantize")
+    return torch.device("cpu"), "fp32"
+
+
 class Backend:
     name = ""
     concurrent_forwards = False  # whether batches may run on several threads at once
+    device = torch.device("cpu")  # where the model runs
+    precision = "fp32"  # the forward passes' autocast precision
     head: str
     labels: list | None
     max_len: int
@@ -73,7 +117,8 @@ class Backend:
             shutil.rmtree(scratch, ignore_errors=True)
 
     def describe(self) -> dict:
-        return {"backend": self.name, "head": self.head, "labels": self.labels, "max_input_length": self.max_len}
+        return {"backend": self.name, "device": str(self.device), "precision": self.precision, "head": self.head,
+                "labels": self.labels, "max_input_length": self.max_len}
 
 
 def _without_normalize(recipe):
@@ -88,10 +133,17 @@ class TorchBackend(Backend):
     name = "torch"
     concurrent_forwards = True  # inference only: the model's tensors are read, never written
 
-    def __init__(self, directory: Path, quantize: str | None = None):
+    def __init__(self, directory: Path, quantize: str | None = None, device: str | torch.device = "cpu",
+                 precision: str = "fp32"):
         from ..checkpoint import head_of, load
         from ..embedding import SentenceRecipe
 
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        if quantize and (self.device.type != "cpu" or self.precision != "fp32"):
+            raise BertkitError(f"--quantize {quantize} runs PyTorch's int8 CPU kernels: use it with --device cpu "
+                               "--precision fp32")
+        self.concurrent_forwards = self.device.type == "cpu"  # one GPU: one batch at a time
         model = load(directory)
         if model.tokenizer is None:
             raise BertkitError(f"{directory}: the checkpoint has no vocabulary (vocab.txt or tokenizer.json)")
@@ -103,7 +155,7 @@ class TorchBackend(Backend):
             from ..export.torch_format import quantize_int8
 
             model = quantize_int8(model)  # dynamic int8 Linear layers; the unpadded forward stays
-        else:
+        elif self.device.type == "cpu" and self.precision == "fp32":
             from ..packed_linear import pack_linear_weights
             from ..scripted_encoder import use_scripted_encoder
 
@@ -111,6 +163,9 @@ class TorchBackend(Backend):
             # group) runs the encoder as one call into compiled kernels (TorchScript where they
             # cannot be built) instead of ~100 Python-level calls
             use_scripted_encoder(pack_linear_weights(model))
+        else:
+            # a GPU, or bf16 autocast on the CPU: the plain model (the CPU paths above are fp32 kernels)
+            model.to(self.device)
         self.quantize = quantize
         self.model = model
         self.hidden_size = model.config.hidden_size
@@ -125,14 +180,16 @@ class TorchBackend(Backend):
     def outputs(self, batch):
         from ..export.verify import torch_outputs
 
-        return torch_outputs(self.model, self.head, batch)
+        # runs on the batcher's worker thread: the batch goes to the model's device, and autocast
+        # (thread-local) is entered here, on the thread that runs the model; float32 CPU arrays out
+        return torch_outputs(self.model, self.head, batch, self.precision)
 
     def answer(self, question, context):
         if self.head != "question_answering":
             return super().answer(question, context)
         from ..qa.answer import answer
 
-        return answer(self.model, question, context)
+        return answer(self.model, question, context, precision=self.precision)
 
 
 class ExportBackend(Backend):
@@ -183,6 +240,9 @@ class _LogitsModel:
     def eval(self):
         return self
 
+    def parameters(self):  # no PyTorch parameters: `model_device` reads the CPU, where the batches stay
+        return iter(())
+
     def train(self, mode=True):
         return self
 
@@ -195,14 +255,16 @@ class _LogitsModel:
 
 
 def load_backend(model: str, backend: str | None = None, threads: int | None = None, quantize: str | None = None,
-                 log=print) -> Backend:
-    """The backend for `model`: an export directory runs as exported; a checkpoint runs on PyTorch,
-    or with `backend="onnx"` is exported (and verified) to a temporary directory first."""
+                 log=print, device: str | torch.device = "cpu", precision: str = "fp32") -> Backend:
+    """The backend for `model`: an export directory runs as exported; a checkpoint runs on PyTorch
+    (on `device`, in `precision`: see `placement`), or with `backend="onnx"` is exported (and
+    verified) to a temporary directory first."""
     from ..checkpoint import resolve
     from ..export.runtime import is_export_dir, read_manifest
 
     if backend not in (None, *BACKENDS):
         raise BertkitError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    device, precision = placement(model, backend, quantize, device, precision)
     path = Path(model).expanduser()
     if path.is_dir() and is_export_dir(path):
         if quantize:
@@ -227,4 +289,4 @@ def load_backend(model: str, backend: str | None = None, threads: int | None = N
             raise
         backend.scratch_dir = out  # removed when the server stops
         return backend
-    return TorchBackend(directory, quantize=quantize)
+    return TorchBackend(directory, quantize=quantize, device=device, precision=precision)

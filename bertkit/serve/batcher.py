@@ -19,6 +19,10 @@ still gets every thread.
 The queue is bounded: a request whose inputs do not all fit is refused at once (`QueueFull`, the
 server's 503), so accepted work always completes. Work that must run alone on the model (a QA
 answer with its own windows) is queued as a call. `close()` lets everything accepted finish.
+
+`forward` and call jobs run on the worker threads, so thread-local model state is theirs to set:
+`torch.autocast` (`bertkit serve --precision bf16`) is entered inside the backend's forward, on the
+worker thread, not by the request handler that submitted the inputs (serve/backends.py).
 """
 
 from __future__ import annotations

@@ -10,12 +10,16 @@ piece (long texts in windows, as in training), and the tags read as entities by 
 `score` is the mean, over the entity's words, of the probability of the tag each word got. A
 checkpoint trained on plain word tags (POS, say) gives `{"words": [{"word", "tag", "start", "end",
 "score"}]}` instead.
+
+The windows run on the model's own device (`model.to("cuda")` first for a GPU); `precision="bf16"`
+(or "fp16" on CUDA) runs the forward passes under autocast, the probabilities are float32.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+from ..device import autocast, model_device, resolve_precision
 from ..errors import BertkitError
 from .labels import entity_spans, is_entity_tag
 from .train import TaggedWindows, word_probabilities
@@ -31,8 +35,10 @@ def scheme_of(model) -> str:
     return "bio" if labels and all(is_entity_tag(label) for label in labels) else "tags"
 
 
-def predict(model, texts: str | Sequence[str], max_len: int | None = None, batch_size: int = 64) -> list[dict]:
-    """One dict per text: {"entities": [...]} (or {"words": [...]} for plain tags), in input order."""
+def predict(model, texts: str | Sequence[str], max_len: int | None = None, batch_size: int = 64,
+            precision: str = "fp32") -> list[dict]:
+    """One dict per text: {"entities": [...]} (or {"words": [...]} for plain tags), in input order.
+    `precision`: "fp32", "bf16" or "fp16" (autocast on the model's device)."""
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         raise BertkitError("this model has no tokenizer (load it with bertkit.load from a checkpoint with vocab.txt)")
@@ -45,6 +51,8 @@ def predict(model, texts: str | Sequence[str], max_len: int | None = None, batch
     labels = getattr(model, "labels", None) or [f"LABEL_{i}" for i in range(model.num_labels)]
     if len(labels) != model.num_labels:
         raise BertkitError(f"the checkpoint has {len(labels)} labels but its head has {model.num_labels} outputs")
+    device = model_device(model)
+    precision = resolve_precision(precision, device)
     max_len = max_len or int((getattr(model, "info", None) or {}).get("max_len") or 512)
     max_len = min(max_len, model.config.max_position_embeddings)
     if max_len < 3:
@@ -52,7 +60,8 @@ def predict(model, texts: str | Sequence[str], max_len: int | None = None, batch
     spans = [split_words(t) for t in texts]
     words = [[t[a:b] for a, b in sp] for t, sp in zip(texts, spans)]
     data = TaggedWindows(tok, words, None, max_len)
-    probs = word_probabilities(model, data, batch_size)
+    with autocast(device, precision):  # word_probabilities moves each batch to the model's device
+        probs = word_probabilities(model, data, batch_size)
     entities = scheme_of(model) == "bio"
     out = []
     for text, sp, p in zip(texts, spans, probs):

@@ -5,6 +5,10 @@
 
 For classification `label` is the most probable label and `score` its softmax probability; for
 regression (one output) `label` is None and `score` the predicted value.
+
+The batches go to the model's own device (`model.to("cuda")` first to predict on a GPU), and
+`precision="bf16"` (or "fp16" on CUDA) runs the forward passes under autocast (bertkit/device.py);
+scores are computed from float32 logits either way.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..device import autocast, model_device, resolve_precision
 from ..errors import BertkitError
 from ..tokenizer import TruncationWarning
 
@@ -33,8 +38,9 @@ def _max_len(model) -> int:
 
 @torch.no_grad()
 def predict(model, texts: str | Sequence[str], texts_b: str | Sequence[str] | None = None,
-            max_len: int | None = None, batch_size: int = 64) -> list[dict]:
-    """[{"label", "score"}] for each text (or text pair), in input order."""
+            max_len: int | None = None, batch_size: int = 64, precision: str = "fp32") -> list[dict]:
+    """[{"label", "score"}] for each text (or text pair), in input order. `precision`: "fp32",
+    "bf16" or "fp16" (autocast on the model's device; see bertkit/device.py for where each runs)."""
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         raise BertkitError("this model has no tokenizer (load it with bertkit.load from a checkpoint with vocab.txt)")
@@ -52,6 +58,8 @@ def predict(model, texts: str | Sequence[str], texts_b: str | Sequence[str] | No
             raise BertkitError(f"input {i % max(1, len(texts))}: expected a string, got {type(t).__name__}")
         if not t.strip():
             raise BertkitError(f"input {i % max(1, len(texts)) + 1}: empty text")
+    device = model_device(model)
+    precision = resolve_precision(precision, device)
     max_len = max_len or _max_len(model)
     regression = model.num_labels == 1
     labels = getattr(model, "labels", None) or [f"LABEL_{i}" for i in range(model.num_labels)]
@@ -64,8 +72,10 @@ def predict(model, texts: str | Sequence[str], texts_b: str | Sequence[str] | No
     out: list[dict | None] = [None] * len(texts)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        batch = tok.pad([encodings[i] for i in rows])
-        logits = model(batch.input_ids, batch.segment_ids, batch.valid_lengths).float()
+        batch = tok.pad([encodings[i] for i in rows]).to(device)
+        with autocast(device, precision):
+            logits = model(batch.input_ids, batch.segment_ids, batch.valid_lengths)
+        logits = logits.float().cpu()
         if regression:
             for r, i in enumerate(rows):
                 out[i] = {"label": None, "score": float(logits[r, 0])}
