@@ -293,3 +293,19 @@ def test_bad_splits_raise(shard_dirs):
         loader.rank_batches(0, 4, 4, 1)
     with pytest.raises(BertkitError, match="world_size=1"):
         PretrainingLoader(shard_dirs["static"], batch_size=32, rank=0, world_size=2).rank_batches(0, 0, 2, 1)
+
+
+# ---- token-budget batches (--max-tokens) ----------------------------------------------------------
+@pytest.mark.parametrize("world,accumulate", [(1, 1), (2, 2), (4, 1)])
+def test_token_budget_batches_hold_every_row_once_within_the_budget(shard_dirs, world, accumulate):
+    kw = dict(batch_size=32, seed=3, drop_last=False, max_tokens=900)
+    one = PretrainingLoader(shard_dirs["static"], **kw)
+    want = [as_numpy(b) for b in one.iter_epoch(0)]
+    tokens = [int(b["valid_lengths"].sum()) for b in want]
+    assert max(tokens[:-1]) <= 900 and min(tokens[:-1]) > 900 - int(one.max_seq_length or 128)  # full up to one row
+    assert len({len(b["valid_lengths"]) for b in want}) > 1  # the row count varies with the lengths
+    plan = list(one.batch_plan(0))
+    pairs = [(int(s), int(r)) for b in plan for s, r in zip(b.shards, b.rows)]
+    assert len(pairs) == len(set(pairs)) == sum(one.shard_sizes)  # every row once (nothing dropped: no drop_last)
+    per_rank, _ = run_ranks(shard_dirs["static"], 0, world, accumulate, **kw)
+    assert_same_batches(global_from_ranks(per_rank, world, accumulate), want)

@@ -146,6 +146,17 @@ def one_line_error(proc) -> str:
     return lines[0]
 
 
+def test_max_tokens_batches(shards, tmp_path):
+    """--max-tokens: global batches of up to N real tokens (their row count varies), on the one loop."""
+    out = tmp_path / "tokens"
+    bertkit_cli(*train_args(shards, out, "--steps", "4", "--max-tokens", "1024", "--accumulate", "2"))
+    rows = [r for r in metrics(out) if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["tokens_per_s"] > 0 for r in rows)
+    assert (out / "final" / "model.safetensors").is_file()
+    msg = one_line_error(bertkit_cli(*train_args(shards, tmp_path / "t2", "--steps", "1", "--max-tokens", "8"), check=False))
+    assert "--max-tokens 8 is smaller than one instance" in msg
+
+
 def test_bad_input(shards, tmp_path):
     # shards of another vocabulary size than the model
     other = BertForPreTraining(BertConfig.from_preset("bert_2_128_2", vocab_size=100))

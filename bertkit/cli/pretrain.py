@@ -32,6 +32,8 @@ def add_arguments(p):
     p.add_argument("--max-minutes", type=float, help="stop after this much wall time (final checkpoint and eval included)")
     p.add_argument("--plot", action="store_true", help="write OUT/loss.png with the loss and accuracy curves")
     add_device_arguments(p)
+    p.add_argument("--max-tokens", type=int, metavar="N",
+                   help="global batches of up to N real tokens (length-sorted within each shard) instead of --batch-size rows")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -39,6 +41,8 @@ def run(args):
     from ..errors import BertkitError
     from ..train.pretrain import PretrainOptions, pretrain
 
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise BertkitError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     for name in ("steps", "batch_size", "accumulate", "ckpt_interval", "eval_interval", "log_interval"):
         if getattr(args, name) < 1:
             raise BertkitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -52,7 +56,7 @@ def run(args):
         keep_checkpoints=args.keep_checkpoints, eval_data=args.eval_data, eval_interval=args.eval_interval,
         eval_batches=args.eval_batches, log_interval=args.log_interval, resume=args.resume,
         resume_or_start=args.resume_or_start, dropout=args.dropout, plot=args.plot, max_minutes=args.max_minutes, device=args.device,
-        precision=args.precision,
+        precision=args.precision, max_tokens=args.max_tokens,
         progress=not args.no_progress,
     )
     final = pretrain(opts)

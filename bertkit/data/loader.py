@@ -156,6 +156,7 @@ class PretrainingLoader:
         masked_lm_prob: float | None = None,
         max_predictions_per_seq: int | None = None,
         whole_word_mask: bool | None = None,
+        max_tokens: int | None = None,
     ):
         if batch_size < 1:
             raise BertkitError(f"batch size {batch_size} must be at least 1")
@@ -170,6 +171,7 @@ class PretrainingLoader:
         self.shard_sizes = [shard_rows(p) for p in self.shards]
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last, self.bucket = rank, world_size, drop_last, bucket
+        self.max_tokens = max_tokens  # cut batches by real tokens instead of `batch_size` rows
         self.epoch = 0
         self.bytes_read = 0  # bytes of array data read from the shard files so far (see the module doc)
         self._files: dict[int, ShardFile] = {}
@@ -246,7 +248,7 @@ class PretrainingLoader:
         if world_size < 1 or accumulate < 1 or not 0 <= rank < world_size:
             raise BertkitError(f"rank {rank}, world size {world_size}, accumulate {accumulate}: need "
                                "0 <= rank < world_size and accumulate >= 1")
-        if self.batch_size % (world_size * accumulate):
+        if self.max_tokens is None and self.batch_size % (world_size * accumulate):
             raise BertkitError(f"batch size {self.batch_size} is not divisible by {world_size} process(es) x "
                                f"accumulate {accumulate}")
         return self._batches(epoch, rank, world_size, accumulate, start)
@@ -278,15 +280,18 @@ class PretrainingLoader:
             pool_row = np.concatenate([pool_row, rows.astype(np.int64)])
             pool_len = np.concatenate([pool_len, lengths[rows]])
             m = len(pool_len)
-            full = m - m % bs
-            perm = rng.permutation(m) if self.shuffle else np.arange(m)
-            keep, rest = perm[:full], perm[full:]
-            if self.bucket:
-                ties = rng.random(full) if self.shuffle else np.arange(full)
-                keep = keep[np.lexsort((ties, pool_len[keep]))]
-            batches = keep.reshape(-1, bs)
+            if self.max_tokens is None:
+                full = m - m % bs
+                perm = rng.permutation(m) if self.shuffle else np.arange(m)
+                keep, rest = perm[:full], perm[full:]
+                if self.bucket:
+                    ties = rng.random(full) if self.shuffle else np.arange(full)
+                    keep = keep[np.lexsort((ties, pool_len[keep]))]
+                batches = keep.reshape(-1, bs)
+            else:
+                batches, rest = self._token_budget_cut(pool_len, rng)
             if self.shuffle:
-                batches = batches[rng.permutation(len(batches))]
+                batches = [batches[i] for i in rng.permutation(len(batches))]
             step = []
             for b in batches:
                 step.append(PlannedBatch(batch_index, pool_shard[b], pool_row[b], pool_len[b]))
@@ -295,6 +300,25 @@ class PretrainingLoader:
             pool_shard, pool_row, pool_len = pool_shard[rest], pool_row[rest], pool_len[rest]
         if len(pool_len) and not self.drop_last:
             yield [PlannedBatch(batch_index, pool_shard, pool_row, pool_len)]
+
+    def _token_budget_cut(self, pool_len: np.ndarray, rng: np.random.Generator):
+        """`max_tokens` batches: the pool (sorted by length when bucketing, random tie-breaks) cut
+        greedily into batches of at most `max_tokens` real tokens; the rows of a last, unfilled
+        batch are carried into the next shard's pool. Returns (batches, carried rows)."""
+        m = len(pool_len)
+        perm = rng.permutation(m) if self.shuffle else np.arange(m)
+        if self.bucket:
+            ties = rng.random(m) if self.shuffle else np.arange(m)
+            perm = perm[np.lexsort((ties, pool_len[perm]))]
+        ends = np.cumsum(pool_len[perm].astype(np.int64))
+        batches, start, base = [], 0, 0
+        while start < m:
+            stop = max(int(np.searchsorted(ends, base + self.max_tokens, side="right")), start + 1)
+            if stop >= m and ends[-1] - base < self.max_tokens:
+                break  # not full: carried over
+            batches.append(perm[start:stop])
+            base, start = int(ends[stop - 1]), stop
+        return batches, perm[start:]
 
     def _batches(self, epoch: int, rank: int, world_size: int, accumulate: int,
                  start: int = 0) -> Iterator[list[dict[str, torch.Tensor]]]:

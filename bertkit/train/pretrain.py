@@ -61,6 +61,7 @@ class PretrainOptions:
     max_minutes: float | None = None  # stop (with a final checkpoint and eval) after this much wall time
     device: str | None = "auto"
     precision: str = "fp32"
+    max_tokens: int | None = None  # global batches of up to this many real tokens instead of `batch_size` rows
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -224,12 +225,16 @@ def _pretrain(opts: PretrainOptions, ctx: distributed.DistributedContext) -> Pat
     out = Path(opts.out)
     if opts.steps < 1:
         raise BertkitError(f"--steps must be at least 1, got {opts.steps}")
-    data = PretrainingLoader(opts.data, opts.batch_size, seed=opts.seed, drop_last=True)
+    data = PretrainingLoader(opts.data, opts.batch_size, seed=opts.seed, drop_last=True, max_tokens=opts.max_tokens)
     eval_data = PretrainingLoader(opts.eval_data, opts.batch_size, shuffle=False, seed=opts.seed) if opts.eval_data else None
-    if opts.batch_size % (ctx.world_size * opts.accumulate):
+    if opts.max_tokens is not None:
+        if data.max_seq_length and opts.max_tokens < data.max_seq_length:
+            raise BertkitError(f"--max-tokens {opts.max_tokens} is smaller than one instance of these shards "
+                               f"(up to {data.max_seq_length} tokens); raise it to at least that")
+    elif opts.batch_size % (ctx.world_size * opts.accumulate):
         raise BertkitError(f"--batch-size {opts.batch_size} is not divisible by {ctx.world_size} process(es) x "
                            f"--accumulate {opts.accumulate}")
-    if len(data) == 0:
+    if opts.max_tokens is None and len(data) == 0:
         raise BertkitError(f"{opts.data}: {data.num_instances} instances are fewer than one batch of {opts.batch_size}")
     torch.manual_seed(opts.seed)  # the same initial weights on every rank
     model, tokenizer = build_model(opts, data)
