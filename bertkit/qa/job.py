@@ -20,7 +20,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..device import autocast, peak_rss_mb, resolve_precision
@@ -122,10 +121,7 @@ def _run_squad(model_name, out: Path, train_file, predict_file, config: SquadCon
     info = dict(saved)
     if train_file is not None:
         data = read_squad(train_file, config.version_2, training=True)
-        examples = data.examples
-        if config.max_train_examples is not None and config.max_train_examples < len(examples):
-            keep = np.sort(np.random.default_rng(config.seed).permutation(len(examples))[: config.max_train_examples])
-            examples = [examples[i] for i in keep]
+        examples = config.training_subset(data.examples)
         features = make_features(examples, tokenizer, training=True, **feature_options)
         say(f"squad train: {len(examples)} questions -> {len(features)} windows "
             f"(max {config.max_seq_length} tokens, stride {config.doc_stride})", ctx, quiet)

@@ -136,10 +136,7 @@ def _finetune_tagging(task, data_dir, model, out, config: FinetuneConfig, new_he
     torch.manual_seed(config.seed)
     net, tokenizer = build_task_model(model, task, data.labels, new_head=new_head)
 
-    train_sentences = data.train
-    if config.max_train_examples is not None and config.max_train_examples < len(train_sentences):
-        keep = np.sort(np.random.default_rng(config.seed).permutation(len(train_sentences))[: config.max_train_examples])
-        train_sentences = [train_sentences[i] for i in keep]
+    train_sentences = config.training_subset(data.train)
     index = {label: i for i, label in enumerate(data.labels)}
 
     def encode(sentences, labelled):

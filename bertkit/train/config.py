@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import BertkitError
 from .loop import LoopOptions, OptimizerSpec
 
@@ -44,6 +46,14 @@ class TrainConfig:
             raise BertkitError(f"--max-tokens must be at least 1, got {self.max_tokens}")
         if self.ckpt_interval < 0:
             raise BertkitError(f"--ckpt-interval must be at least 0, got {self.ckpt_interval}")
+
+    def training_subset(self, examples: list) -> list:
+        """The training examples, or with `max_train_examples` a seeded random subset of them (in file order)."""
+        n = self.max_train_examples
+        if n is None or n >= len(examples):
+            return examples
+        keep = np.sort(np.random.default_rng(self.seed).permutation(len(examples))[:n])
+        return [examples[i] for i in keep]
 
     def loop_options(self, quiet: bool = False) -> LoopOptions:
         return LoopOptions(precision=self.precision, accumulate=self.accumulate, log_every=self.log_every,

@@ -261,10 +261,7 @@ def _finetune(task, data_dir, model, out, config, new_head, regression, task_opt
     torch.manual_seed(config.seed)
     net, tokenizer = build_task_model(model, task, data.labels, new_head=new_head)
 
-    train_examples = data.train
-    if config.max_train_examples is not None and config.max_train_examples < len(train_examples):
-        keep = np.sort(np.random.default_rng(config.seed).permutation(len(train_examples))[: config.max_train_examples])
-        train_examples = [train_examples[i] for i in keep]
+    train_examples = config.training_subset(data.train)
     train = Encoded(tokenizer, train_examples, task, data.labels, config.max_len)
     devs = {name: Encoded(tokenizer, ex, task, data.labels, config.max_len) for name, ex in data.dev.items()}
     truncated = train.truncated + sum(d.truncated for d in devs.values())
