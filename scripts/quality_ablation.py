@@ -47,6 +47,7 @@ VARIANTS = {
     "eps-1e-8": ("bertkit", ["--bucket-batches", "50", "--epsilon", "1e-8"], None),
     "full-last-layer": ("bertkit", ["--bucket-batches", "50"], "full_last_layer"),
     "random-2-epochs": ("bertkit", ["--epochs", "2"], None),  # time-to-accuracy: bertkit spends its speed on a second epoch
+    "bf16": ("bertkit", ["--precision", "bf16"], None),  # issue 19: bf16 autocast against fp32 (random-batches)
     "transformers": ("hf", [], None),
     "transformers-bucketed": ("hf", ["--batching", "bucketed"], None),
 }
