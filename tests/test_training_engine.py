@@ -189,5 +189,8 @@ def test_resume_without_a_checkpoint_or_of_another_job_overwrites_nothing(toy, t
     kept = sorted(p.name for p in squad.rglob("*"))
     assert_cli_error(run_cli(*finetune_args(toy, squad, "--resume")), "is a checkpoint of squad, not of finetune text")
     assert sorted(p.name for p in squad.rglob("*")) == kept
+    # other flags than the first run's would resume onto another schedule
+    assert_cli_error(run_cli(*squad_args(toy, squad, "--epochs", "5", "--resume")), "belongs to a run of", "this one has")
+    assert sorted(p.name for p in squad.rglob("*")) == kept
     # and without --resume, an unfinished run's checkpoints are not silently replaced
     assert_cli_error(run_cli(*squad_args(toy, squad)), "already holds checkpoints of an unfinished run")

@@ -56,9 +56,10 @@ class TrainConfig:
         return [examples[i] for i in keep]
 
     def loop_options(self, quiet: bool = False) -> LoopOptions:
+        # no checkpoint when training ends: the job saves its result at once and drops its checkpoints
         return LoopOptions(precision=self.precision, accumulate=self.accumulate, log_every=self.log_every,
-                           eval_before=self.eval_before, ckpt_interval=self.ckpt_interval, resume=self.resume,
-                           progress=self.progress, quiet=quiet)
+                           eval_before=self.eval_before, ckpt_interval=self.ckpt_interval, ckpt_at_end=False,
+                           resume=self.resume, progress=self.progress, quiet=quiet)
 
     def optimizer_spec(self) -> OptimizerSpec:
         return OptimizerSpec(self.optimizer, self.lr, self.weight_decay, self.epsilon, self.warmup_ratio, self.max_grad_norm)

@@ -63,9 +63,11 @@ class LoopOptions:
     eval_before: bool = False
     ckpt_interval: int = 0  # optimizer steps between resumable checkpoints (0: at epoch ends only)
     ckpt_at_epoch_end: bool = True
+    ckpt_at_end: bool = True  # also when training ends (a job that saves its result right after may skip it)
     keep_checkpoints: int = 1
     resume: bool = False
     resume_or_start: bool = False
+    resume_same_steps: bool = True  # --resume refuses a checkpoint of a run with another number of steps
     fresh_start_hint: str = "run without --resume to start afresh"  # said when --resume finds nothing
     max_minutes: float | None = None  # stop (with a checkpoint and a final scoring) after this much wall time
     tensorboard: bool = False  # also write TensorBoard events (when installed)
@@ -151,7 +153,12 @@ def run_training(job: TrainingJob, model: torch.nn.Module, ctx: DistributedConte
     state = {"step": 0, "epoch": 1, "batch_in_epoch": 0, "history": [], "best": None}
     best_weights = None
     if resumable is not None:
+        planned = resumable.state.get("total_steps", total_steps)
+        if planned != total_steps and opts.resume_same_steps:
+            raise BertkitError(f"--resume: {resumable.path} belongs to a run of {planned} steps, this one has {total_steps}: "
+                               "resume with the flags of the first run (epochs, batch size, data)")
         best_weights = _restore(resumable, model, optimizer, scheduler, scaler, state)
+        say(f"bertkit: resuming from {resumable.path} (step {resumable.step})", ctx)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
     if before_training is not None:
@@ -259,7 +266,10 @@ def run_training(job: TrainingJob, model: torch.nn.Module, ctx: DistributedConte
                     + (f"; {format_results(results)}" if results else ""), ctx, opts.quiet)
                 state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
                 epoch_start = time.perf_counter()
-            if state["step"] >= stop_at or (opts.ckpt_at_epoch_end and finished_epoch):
+            if state["step"] >= stop_at:
+                if opts.ckpt_at_end:
+                    checkpoint()
+            elif opts.ckpt_at_epoch_end and finished_epoch:
                 checkpoint()
     finally:
         bar.close()
@@ -360,7 +370,6 @@ def _find_resume(out: Path, opts: LoopOptions, job: TrainingJob, ctx: Distribute
     found = resumable.state.get("job", "pretraining")
     if found != job.identity:
         raise BertkitError(f"--resume: {resumable.path} is a checkpoint of {found}, not of {job.identity}")
-    say(f"bertkit: resuming from {resumable.path} (step {resumable.step})", ctx)
     return resumable
 
 

@@ -245,6 +245,7 @@ def _pretrain(opts: PretrainOptions, ctx: distributed.DistributedContext) -> Pat
                        ckpt_interval=opts.ckpt_interval, ckpt_at_epoch_end=False, keep_checkpoints=opts.keep_checkpoints,
                        resume=opts.resume, resume_or_start=opts.resume_or_start, max_minutes=opts.max_minutes,
                        fresh_start_hint="use --resume-or-start to start fresh",
+                       resume_same_steps=False,  # pretraining may be resumed with more --steps
                        tensorboard=True, progress=opts.progress)
     optim = OptimizerSpec(opts.optimizer, opts.lr, opts.weight_decay, opts.epsilon, opts.warmup_ratio, opts.max_grad_norm)
     result = run_training(job, model, ctx, out, opts.steps, optim, loop, before_training=lambda: ctx.is_main and (
