@@ -251,11 +251,13 @@ def _pretrain(opts: PretrainOptions, ctx: distributed.DistributedContext) -> Pat
     result = run_training(job, model, ctx, out, opts.steps, optim, loop, before_training=lambda: ctx.is_main and (
         out / "options.json").write_text(json.dumps(info["options"], indent=2) + "\n"))
     final = out / "final"
+    bytes_read = ctx.gather_object(data.bytes_read)  # shard bytes each rank read: about 1/N of the data each
     if ctx.is_main:
         from ..checkpoint import save
 
         last = result.last_results
-        save(model, final, tokenizer, info={**info, "step": result.step, **({"eval": last} if last else {})})
+        save(model, final, tokenizer, info={**info, "step": result.step, "shard_bytes_read_per_rank": bytes_read,
+                                            **({"eval": last} if last else {})})
         if opts.plot:
             png = plot_metrics(out / "metrics.jsonl", out / "loss.png")
             if png is None:
