@@ -142,154 +142,195 @@ def run_training(job: TrainingJob, model: torch.nn.Module, ctx: DistributedConte
     """Train `model` in place for `total_steps` optimizer steps (epochs wrap as needed). With a main
     metric, `model` ends holding the best scoring's weights. `before_training()` runs once the
     checks that must fail before anything is written (resume, precision) have passed."""
-    out = Path(out)
-    device = ctx.device
-    precision = resolve_precision(opts.precision, device)
-    resumable = _find_resume(out, opts, job, ctx)
-    model.to(device).train()
-    optimizer = build_optimizer(model, optim.name, optim.lr, optim.weight_decay, optim.epsilon)
-    scheduler = linear_warmup_decay(optimizer, warmup_steps_for(total_steps, optim.warmup_ratio), total_steps)
-    scaler = torch.amp.GradScaler(device.type) if needs_grad_scaler(precision) else None
-    state = {"step": 0, "epoch": 1, "batch_in_epoch": 0, "history": [], "best": None}
-    best_weights = None
-    if resumable is not None:
-        planned = resumable.state.get("total_steps", total_steps)
-        if planned != total_steps and opts.resume_same_steps:
-            raise BertkitError(f"--resume: {resumable.path} belongs to a run of {planned} steps, this one has {total_steps}: "
-                               "resume with the flags of the first run (epochs, batch size, data)")
-        best_weights = _restore(resumable, model, optimizer, scheduler, scaler, state)
-        say(f"bertkit: resuming from {resumable.path} (step {resumable.step})", ctx)
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    if before_training is not None:
-        before_training()
-    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if ctx.enabled else model
-    log = MetricsLog(out, resume_step=state["step"] if resumable else None, tensorboard=opts.tensorboard) if ctx.is_main else None
-    forward_context = autocast(device, precision)
-    term_keys = list(job.loss_terms)
-    count_keys = sorted({"rows", "tokens", *job.loss_terms.values()})
-    params = [p for p in model.parameters() if p.requires_grad]
-    deadline = time.perf_counter() + 60 * opts.max_minutes if opts.max_minutes else None
-    result = TrainResult(step=state["step"], epochs=state["history"], resumed_from=str(resumable.path) if resumable else None)
+    return _Run(job, model, ctx, Path(out), total_steps, optim, opts, before_training).train()
 
-    def scoring(extra: dict) -> dict | None:
-        """Score the dev data (if the job has any) and log a row with `extra` (an epoch's training numbers)."""
-        nonlocal best_weights
+
+class _Run:
+    """One `run_training` call: the training objects, and `state`, which a checkpoint saves."""
+
+    def __init__(self, job, model, ctx, out: Path, total_steps: int, optim: OptimizerSpec, opts: LoopOptions, before_training):
+        self.job, self.model, self.ctx, self.out, self.opts, self.optim = job, model, ctx, out, opts, optim
+        self.total_steps = self.stop_at = total_steps
+        precision = resolve_precision(opts.precision, ctx.device)
+        resumable = _find_resume(out, opts, job, ctx)
+        model.to(ctx.device).train()
+        self.optimizer = build_optimizer(model, optim.name, optim.lr, optim.weight_decay, optim.epsilon)
+        self.scheduler = linear_warmup_decay(self.optimizer, warmup_steps_for(total_steps, optim.warmup_ratio), total_steps)
+        self.scaler = torch.amp.GradScaler(ctx.device.type) if needs_grad_scaler(precision) else None
+        self.state = {"step": 0, "epoch": 1, "batch_in_epoch": 0, "history": [], "best": None}
+        self.best_weights = None
+        if resumable is not None:
+            planned = resumable.state.get("total_steps", total_steps)
+            if planned != total_steps and opts.resume_same_steps:
+                raise BertkitError(f"--resume: {resumable.path} belongs to a run of {planned} steps, this one has "
+                                   f"{total_steps}: resume with the flags of the first run (epochs, batch size, data)")
+            self.best_weights = _restore(resumable, model, self.optimizer, self.scheduler, self.scaler, self.state)
+            say(f"bertkit: resuming from {resumable.path} (step {resumable.step})", ctx)
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        if before_training is not None:
+            before_training()
+        self.ddp = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) if ctx.enabled else model
+        self.log = MetricsLog(out, resume_step=self.state["step"] if resumable else None,
+                              tensorboard=opts.tensorboard) if ctx.is_main else None
+        self.forward_context = autocast(ctx.device, precision)
+        self.term_keys = list(job.loss_terms)
+        self.count_keys = sorted({"rows", "tokens", *job.loss_terms.values()})
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.deadline = time.perf_counter() + 60 * opts.max_minutes if opts.max_minutes else None
+        self.result = TrainResult(step=self.state["step"], resumed_from=str(resumable.path) if resumable else None)
+        self.window = self._fresh_window()
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        state, opts = self.state, self.opts
+        if opts.eval_before and state["step"] == 0 and self.result.resumed_from is None:
+            results = self.score({})
+            if results is not None:
+                say(f"before training: {format_results(results)}", self.ctx, opts.quiet)
+        self.bar = tqdm(total=self.total_steps, initial=state["step"], desc="training", unit="step", file=sys.stderr,
+                        dynamic_ncols=True, disable=not (self.ctx.is_main and opts.progress and not opts.quiet),
+                        mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        try:
+            while state["step"] < self.stop_at:
+                finished_epoch = self.train_epoch()
+                if state["step"] >= self.stop_at:
+                    if opts.ckpt_at_end:
+                        self.checkpoint()
+                elif opts.ckpt_at_epoch_end and finished_epoch:
+                    self.checkpoint()
+        finally:
+            self.bar.close()
+            if self.log is not None:
+                self.log.close()
+        self.result.step, self.result.epochs = state["step"], state["history"]
+        if state["best"] is not None:
+            self.result.best_epoch, self.result.best_results = state["best"]["epoch"], state["best"]["results"]
+            if self.best_weights is not None:
+                self.model.load_state_dict(self.best_weights)
+        self.model.eval()
+        return self.result
+
+    def train_epoch(self) -> bool:
+        """The rest of the current epoch (from its first batch not yet done); True if it reached the
+        epoch's end, False if training stopped before (the step budget or --max-minutes)."""
+        state, opts = self.state, self.opts
+        epoch, start = state["epoch"], time.perf_counter()
+        skip = state["batch_in_epoch"]  # batches done before the checkpoint this run resumed from
+        for i, batch in enumerate(self.job.epoch_batches(epoch, start=skip), start=skip):
+            if state["step"] >= self.stop_at:
+                return False
+            self.step(batch)
+            state["batch_in_epoch"] = i + 1
+            if self.deadline is not None and state["step"] < self.stop_at and \
+                    self.ctx.broadcast_object(time.perf_counter() > self.deadline):  # rank 0's clock decides
+                self.stop_at = state["step"]
+                say(f"bertkit: note: --max-minutes {opts.max_minutes} reached at step {self.stop_at}", self.ctx, opts.quiet)
+            if opts.eval_every and (state["step"] % opts.eval_every == 0 or state["step"] == self.stop_at):
+                self.score({})
+            if opts.ckpt_interval and state["step"] % opts.ckpt_interval == 0 and state["step"] < self.stop_at:
+                self.checkpoint()
+        self.end_epoch(epoch, time.perf_counter() - start)
+        return True
+
+    def step(self, batch) -> None:
+        """One optimizer step on one global batch, and its bookkeeping (metrics row, progress bar)."""
+        state, window = self.state, self.window
+        total, step_sums, step_loss = _train_step(self.job, self.ddp, self.params, batch, self.ctx, self.opts,
+                                                  self.forward_context, self.scaler, self.count_keys, self.term_keys)
+        if not math.isfinite(step_loss):
+            raise BertkitError(f"training diverged at epoch {state['epoch']}, step {state['step'] + 1} (loss {step_loss}); "
+                               + _last_good(self.out) + "; try a lower --lr or a longer warmup")
+        _optimizer_step(self.params, self.optimizer, self.scheduler, self.scaler, self.optim.max_grad_norm)
+        state["step"] += 1
+        state["epoch_loss"] = state.get("epoch_loss", 0.0) + step_loss * total["rows"]
+        state["epoch_rows"] = state.get("epoch_rows", 0.0) + total["rows"]
+        self.bar.update(1)
+        for k, v in {**total, **step_sums}.items():
+            window[k] = window.get(k, 0.0) + v
+        window["steps"] += 1
+        window["loss_sum"] += step_loss
+        if state["step"] % self.opts.log_every == 0 or state["step"] == self.stop_at:
+            self._log_window()
+            self.window = self._fresh_window()
+
+    def end_epoch(self, epoch: int, seconds: float) -> None:
+        """Score the epoch (if the job scores at epoch ends), log it, move to the next epoch."""
+        state = self.state
+        rows = state.pop("epoch_rows", 0.0)
+        extra = {"train_loss": round(state.pop("epoch_loss", 0.0) / max(rows, 1.0), 6),
+                 "train_seconds": round(seconds, 2), "train_examples_per_s": round(rows / max(seconds, 1e-9), 2)}
+        results = self.score(extra) if self.opts.eval_at_epoch_end else None
+        say(f"epoch {epoch}: train loss {extra['train_loss']:.4f}, {seconds:.0f}s"
+            + (f"; {format_results(results)}" if results else ""), self.ctx, self.opts.quiet)
+        state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
+
+    # ---- scoring, logging, checkpoints -------------------------------------------------------------
+    def score(self, extra: dict) -> dict | None:
+        """Score the dev data (if the job has any), keep the best, and log a row with `extra` (an
+        epoch's training numbers)."""
+        job, ctx, state = self.job, self.ctx, self.state
         t0 = time.perf_counter()
-        with forward_context:
-            results = job.evaluate(model) if (job.distributed_eval or ctx.is_main) else None
+        with self.forward_context:
+            results = job.evaluate(self.model) if (job.distributed_eval or ctx.is_main) else None
         if not job.distributed_eval:
             results = ctx.broadcast_object(results)
-        model.train()
+        self.model.train()
         row = {"epoch": state["epoch"], "step": state["step"], **extra}
         if results is not None:
             results = json.loads(json.dumps(results, default=float))  # plain floats: checkpoints load with weights_only
             row.update({"eval_seconds": round(time.perf_counter() - t0, 2), **flat_metrics(results)})
-            result.last_results = results
+            self.result.last_results = results
             if job.main_metric is not None:
                 value = job.score(results)
                 if state["best"] is None or value > state["best"]["value"]:
                     state["best"] = {"value": value, "epoch": state["epoch"], "step": state["step"], "results": results}
-                    best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                    self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         if len(row) > 2:
-            if log is not None:
-                log.write(row)
+            if self.log is not None:
+                self.log.write(row)
             state["history"].append(row)
         return results
 
-    def checkpoint() -> None:
-        if not all(bool(torch.isfinite(p).all()) for p in params):
+    def checkpoint(self) -> None:
+        """A resumable checkpoint (rank 0 writes it; every rank waits for it)."""
+        state = self.state
+        if not all(bool(torch.isfinite(p).all()) for p in self.params):
             raise BertkitError(f"weights became non-finite at step {state['step']}: training diverged; "
-                               + _last_good(out) + " (try a lower --lr or a longer warmup)")
-        if ctx.is_main:
-            saved = {**{k: v for k, v in state.items()}, "rng": rng_state(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "job": job.identity, "total_steps": total_steps}
-            if scaler is not None:
-                saved["scaler"] = scaler.state_dict()
+                               + _last_good(self.out) + " (try a lower --lr or a longer warmup)")
+        if self.ctx.is_main:
+            saved = {**state, "rng": rng_state(), "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "job": self.job.identity, "total_steps": self.total_steps}
+            if self.scaler is not None:
+                saved["scaler"] = self.scaler.state_dict()
             best_is_current = state["best"] is not None and state["best"]["step"] == state["step"]
-            if best_weights is not None and not best_is_current:
-                saved["best_weights"] = best_weights
-            job.save_checkpoint(model, out, state["step"], saved, opts.keep_checkpoints)
-        ctx.barrier()
+            if self.best_weights is not None and not best_is_current:
+                saved["best_weights"] = self.best_weights
+            self.job.save_checkpoint(self.model, self.out, state["step"], saved, self.opts.keep_checkpoints)
+        self.ctx.barrier()
 
-    if opts.eval_before and state["step"] == 0 and resumable is None:
-        results = scoring({})
-        if results is not None:
-            say(f"before training: {format_results(results)}", ctx, opts.quiet)
-    bar = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step", file=sys.stderr, dynamic_ncols=True,
-               disable=not (ctx.is_main and opts.progress and not opts.quiet),
-               mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    stop_at = total_steps
-    window = _fresh_window(count_keys)
-    epoch_start = time.perf_counter()
-    try:
-        while state["step"] < stop_at:
-            epoch = state["epoch"]
-            finished_epoch = True
-            skip = state["batch_in_epoch"]  # batches done before the checkpoint this run resumed from
-            for i, batch in enumerate(job.epoch_batches(epoch, start=skip), start=skip):
-                if state["step"] >= stop_at:
-                    finished_epoch = False
-                    break
-                total, step_sums, step_loss = _train_step(job, ddp, model, params, batch, ctx, opts, forward_context,
-                                                          scaler, count_keys, term_keys)
-                if not math.isfinite(step_loss):
-                    raise BertkitError(f"training diverged at epoch {epoch}, step {state['step'] + 1} (loss {step_loss}); "
-                                       + _last_good(out) + "; try a lower --lr or a longer warmup")
-                _optimizer_step(params, optimizer, scheduler, scaler, optim.max_grad_norm)
-                state["step"] += 1
-                state["batch_in_epoch"] = i + 1
-                state["epoch_loss"] = state.get("epoch_loss", 0.0) + step_loss * total["rows"]
-                state["epoch_rows"] = state.get("epoch_rows", 0.0) + total["rows"]
-                bar.update(1)
-                for k, v in {**total, **step_sums}.items():
-                    window[k] = window.get(k, 0.0) + v
-                window["steps"] += 1
-                window["loss_sum"] += step_loss
-                if state["step"] % opts.log_every == 0 or state["step"] == stop_at:
-                    _log_window(window, state, job, scheduler, log, bar, term_keys)
-                    window = _fresh_window(count_keys)
-                if deadline is not None and state["step"] < stop_at and ctx.broadcast_object(time.perf_counter() > deadline):
-                    stop_at = state["step"]
-                    say(f"bertkit: note: --max-minutes {opts.max_minutes} reached at step {stop_at}", ctx, opts.quiet)
-                if opts.eval_every and (state["step"] % opts.eval_every == 0 or state["step"] == stop_at):
-                    scoring({})
-                if opts.ckpt_interval and state["step"] % opts.ckpt_interval == 0 and state["step"] < stop_at:
-                    checkpoint()
-            if finished_epoch:
-                seconds = time.perf_counter() - epoch_start
-                rows = state.pop("epoch_rows", 0.0)
-                extra = {"train_loss": round(state.pop("epoch_loss", 0.0) / max(rows, 1.0), 6),
-                         "train_seconds": round(seconds, 2), "train_examples_per_s": round(rows / max(seconds, 1e-9), 2)}
-                results = scoring(extra) if opts.eval_at_epoch_end else None
-                say(f"epoch {epoch}: train loss {extra['train_loss']:.4f}, {seconds:.0f}s"
-                    + (f"; {format_results(results)}" if results else ""), ctx, opts.quiet)
-                state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
-                epoch_start = time.perf_counter()
-            if state["step"] >= stop_at:
-                if opts.ckpt_at_end:
-                    checkpoint()
-            elif opts.ckpt_at_epoch_end and finished_epoch:
-                checkpoint()
-    finally:
-        bar.close()
-        if log is not None:
-            log.close()
-    result.step = state["step"]
-    result.epochs = state["history"]
-    if state["best"] is not None:
-        result.best_epoch, result.best_results = state["best"]["epoch"], state["best"]["results"]
-        if best_weights is not None:
-            model.load_state_dict(best_weights)
-    model.eval()
-    return result
+    def _fresh_window(self) -> dict:
+        """Sums over the steps since the last metrics.jsonl row."""
+        return {"t": time.perf_counter(), "steps": 0, "loss_sum": 0.0, **{k: 0.0 for k in self.count_keys}}
+
+    def _log_window(self) -> None:
+        """One metrics.jsonl row for the steps since the last one."""
+        window, job = self.window, self.job
+        seconds = max(time.perf_counter() - window["t"], 1e-9)
+        row = {"epoch": self.state["epoch"], "step": self.state["step"],
+               "loss": round(window["loss_sum"] / max(window["steps"], 1), 6)}
+        if len(self.term_keys) > 1:
+            for t in self.term_keys:
+                row[t] = round(window.get(t, 0.0) / max(window[job.loss_terms[t]], 1e-12), 6)
+        row.update(job.step_metrics(window, seconds))
+        row.update({"lr": self.scheduler.get_last_lr()[0], "examples_per_s": round(window["rows"] / seconds, 2),
+                    "tokens_per_s": round(window["tokens"] / seconds, 1)})
+        if self.log is not None:
+            self.log.write(row)
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:,.0f}", refresh=False)
 
 
-def _fresh_window(count_keys) -> dict:
-    return {"t": time.perf_counter(), "steps": 0, "loss_sum": 0.0, **{k: 0.0 for k in count_keys}}
-
-
-def _train_step(job, ddp, model, params, batch, ctx, opts, forward_context, scaler, count_keys, term_keys):
+def _train_step(job, ddp, params, batch, ctx, opts, forward_context, scaler, count_keys, term_keys):
     """Forward and backward over this rank's micro-batches of one global batch (no optimizer step).
     Returns the global counts, the global sums of the loss terms and statistics, and the loss."""
     device = ctx.device
@@ -335,21 +376,6 @@ def _optimizer_step(params, optimizer, scheduler, scaler, max_grad_norm: float) 
         optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-def _log_window(window: dict, state: dict, job: TrainingJob, scheduler, log, bar, term_keys) -> None:
-    """One metrics.jsonl row for the steps since the last one."""
-    seconds = max(time.perf_counter() - window["t"], 1e-9)
-    row = {"epoch": state["epoch"], "step": state["step"], "loss": round(window["loss_sum"] / max(window["steps"], 1), 6)}
-    if len(term_keys) > 1:
-        for t in term_keys:
-            row[t] = round(window.get(t, 0.0) / max(window[job.loss_terms[t]], 1e-12), 6)
-    row.update(job.step_metrics(window, seconds))
-    row.update({"lr": scheduler.get_last_lr()[0], "examples_per_s": round(window["rows"] / seconds, 2),
-                "tokens_per_s": round(window["tokens"] / seconds, 1)})
-    if log is not None:
-        log.write(row)
-    bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:,.0f}", refresh=False)
 
 
 def _find_resume(out: Path, opts: LoopOptions, job: TrainingJob, ctx: DistributedContext):
