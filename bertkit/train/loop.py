@@ -132,9 +132,9 @@ class TrainResult:
 
 
 def say(msg: str, ctx: DistributedContext | None = None, quiet: bool = False) -> None:
-    """A log line on stderr, from rank 0 only."""
+    """A log line on stderr, from rank 0 only (above a progress bar, if one is showing)."""
     if not quiet and (ctx is None or ctx.is_main):
-        print(msg, file=sys.stderr, flush=True)
+        tqdm.write(msg, file=sys.stderr)
 
 
 def run_training(job: TrainingJob, model: torch.nn.Module, ctx: DistributedContext, out: Path, total_steps: int,
