@@ -194,3 +194,13 @@ def test_resume_without_a_checkpoint_or_of_another_job_overwrites_nothing(toy, t
     assert sorted(p.name for p in squad.rglob("*")) == kept
     # and without --resume, an unfinished run's checkpoints are not silently replaced
     assert_cli_error(run_cli(*squad_args(toy, squad)), "already holds checkpoints of an unfinished run")
+
+
+def test_squad_takes_the_optimizer_flag(toy):
+    out = toy["root"] / "squad-lamb"
+    cli(*squad_args(toy, out, "--optimizer", "lamb", "--epochs", "1"))
+    info = json.loads((out / "bertkit.json").read_text())
+    assert info["hyperparameters"]["optimizer"] == "lamb"
+    w0 = load_file(Path(toy["base"]) / "model.safetensors")
+    w1 = weights(out)
+    assert max(float((w1["bert." + k] - w0[k]).abs().max()) for k in w0 if "bert." + k in w1) > 1e-4

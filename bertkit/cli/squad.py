@@ -25,6 +25,8 @@ def add_arguments(p):
     p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--accumulate", type=int, default=1, help="batches per optimizer step")
+    p.add_argument("--optimizer", choices=("adamw", "bertadam", "lamb"), default="adamw",
+                   help="adamw (torch), bertadam (Google BERT's: no bias correction), lamb")
     p.add_argument("--warmup-ratio", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
@@ -50,7 +52,7 @@ def run(args):
         version_2=args.version_2, max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
         max_query_length=args.max_query_length, n_best_size=args.n_best_size, max_answer_length=args.max_answer_length,
         null_score_diff_threshold=args.null_score_diff_threshold, epochs=args.epochs, lr=args.lr,
-        batch_size=args.batch_size, accumulate=args.accumulate, warmup_ratio=args.warmup_ratio,
+        batch_size=args.batch_size, accumulate=args.accumulate, optimizer=args.optimizer, warmup_ratio=args.warmup_ratio,
         weight_decay=args.weight_decay, seed=args.seed, max_train_examples=args.max_train_examples,
         bucket_batches=args.bucket_batches,
         eval_batch_size=args.eval_batch_size, progress=not args.quiet, **training_settings(args),
