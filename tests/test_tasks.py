@@ -151,6 +151,10 @@ def test_rotten_tomatoes_named_data_set():
 def test_every_task_is_registered():
     assert set(TASKS) == {"sst-2", "cola", "mrpc", "sts-b", "qqp", "mnli", "qnli", "rte", "wnli", "xnli", "imdb", "rotten-tomatoes", "text"}
     assert get_task("SST2").name == "sst-2" and get_task("sts-b").kind == "regression"
+    # GluonNLP's --task_name spellings
+    gluon = {"SST": "sst-2", "MRPC": "mrpc", "STS-B": "sts-b", "QQP": "qqp", "MNLI": "mnli", "RTE": "rte",
+             "QNLI": "qnli", "CoLA": "cola", "WNLI": "wnli", "XNLI": "xnli"}
+    assert {name: get_task(name).name for name in gluon} == gluon
 
 
 # ---- real GLUE files ------------------------------------------------------------------------

@@ -236,7 +236,8 @@ TASKS: dict[str, Task] = {
 
 def get_task(name: str, regression: bool = False) -> Task:
     key = name.lower().replace("_", "-")
-    key = {"sst2": "sst-2", "stsb": "sts-b", "sts": "sts-b", "rotten_tomatoes": "rotten-tomatoes"}.get(key, key)
+    # GluonNLP's names (SST, MRPC, STS-B, CoLA, ...) in any case, and the spellings without a hyphen
+    key = {"sst": "sst-2", "sst2": "sst-2", "stsb": "sts-b", "sts": "sts-b", "rotten_tomatoes": "rotten-tomatoes"}.get(key, key)
     if key not in TASKS:
         raise BertkitError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     task = TASKS[key]
