@@ -25,6 +25,7 @@ COMMANDS = {
     "vocab": ("vocab", "train a WordPiece vocabulary from text files"),
     "tokenize": ("tokenize", "tokenize lines into JSON lines {tokens, ids, segment_ids}"),
     "embed": ("embed", "token or sentence vectors from a BERT encoder"),
+    "fill-mask": ("fill_mask", "the most likely tokens for each [MASK] in a text (a checkpoint with the masked-LM head)"),
     "pretrain-data": ("pretrain_data", "turn a corpus into masked-LM + next-sentence pretraining shards"),
     "pretrain": ("pretrain", "pretrain a BERT (masked LM + next sentence) from shards; torchrun for many processes"),
     "finetune": ("finetune", "fine-tune a checkpoint on a GLUE / sentiment / TSV task or CoNLL tagging; writes the best epoch's checkpoint"),
