@@ -309,3 +309,16 @@ def test_token_budget_batches_hold_every_row_once_within_the_budget(shard_dirs, 
     assert len(pairs) == len(set(pairs)) == sum(one.shard_sizes)  # every row once (nothing dropped: no drop_last)
     per_rank, _ = run_ranks(shard_dirs["static"], 0, world, accumulate, **kw)
     assert_same_batches(global_from_ranks(per_rank, world, accumulate), want)
+
+
+def test_data_may_be_a_glob_pattern(shard_dirs, tmp_path):
+    """GluonNLP's --data 'out/*.npz': the matching shards, with stats.json and vocab.txt beside them."""
+    d = shard_dirs["static"]
+    whole = PretrainingLoader(d, batch_size=32, seed=1)
+    pattern = PretrainingLoader(str(d / "*.npz"), batch_size=32, seed=1)
+    assert pattern.shards == whole.shards and pattern.data_dir == whole.data_dir
+    assert_same_batches([as_numpy(b) for b in pattern.iter_epoch(0)], [as_numpy(b) for b in whole.iter_epoch(0)])
+    some = PretrainingLoader(str(d / "shard-00000[01].npz"), batch_size=32, seed=1)
+    assert [p.name for p in some.shards] == [p.name for p in whole.shards[:2]]
+    with pytest.raises(BertkitError, match="no .npz shards match"):
+        PretrainingLoader(str(tmp_path / "*.npz"), batch_size=32)

@@ -97,6 +97,21 @@ def test_cli_on_wikitext(tmp_path, wiki_valid_path, minilm_dir, capsys):
     assert a["input_ids"].shape[1] == 64 and a["masked_lm_positions"].shape[1] == 10
 
 
+def test_vocab_by_model_or_gluonnlp_vocabulary_name(tmp_path, wiki_valid_path, minilm_dir, monkeypatch):
+    """--vocab takes a model name (its vocabulary) and GluonNLP's vocabulary names as well as paths."""
+    args = ["pretrain-data", "--input", str(wiki_valid_path), "--dupe-factor", "1", "--max-seq-length", "64", "--seed", "4"]
+    assert main([*args, "--vocab", str(minilm_dir), "--out", str(tmp_path / "by-path")]) == 0
+    assert main([*args, "--vocab", "all-minilm-l6-v2", "--out", str(tmp_path / "by-name")]) == 0
+    for a, b in zip(sorted((tmp_path / "by-path").glob("*.npz")), sorted((tmp_path / "by-name").glob("*.npz"))):
+        assert a.read_bytes() == b.read_bytes()
+    from bertkit.cli import pretrain_data
+
+    asked = []
+    monkeypatch.setattr("bertkit.checkpoint.resolve", lambda name: asked.append(name) or minilm_dir)
+    assert pretrain_data._named_vocabulary("book_corpus_wiki_en_uncased") == minilm_dir
+    assert asked == ["bert_12_768_12/book_corpus_wiki_en_uncased"]  # the zoo model trained on that corpus
+
+
 def test_cli_subprocess_cased_and_existing_output(tmp_path, wiki_valid_path, minilm_vocab):
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     args = [sys.executable, "-m", "bertkit", "pretrain-data", "--input", str(wiki_valid_path), "--vocab",

@@ -4,7 +4,7 @@ from .options import add_device_arguments, is_main_process
 
 
 def add_arguments(p):
-    p.add_argument("--data", required=True, metavar="DIR", help="shard directory written by `bertkit pretrain-data`")
+    p.add_argument("--data", required=True, metavar="DIR", help="shard directory written by `bertkit pretrain-data`, or a glob pattern of its shards ('out/*.npz')")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--config", metavar="NAME", help="a named shape to train from random weights (default bert_4_256_4)")
     start.add_argument("--model", metavar="MODEL", help="a checkpoint to continue pretraining")

@@ -12,7 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", nargs="+", required=True, metavar="FILE",
                    help="corpus files, or the embedded corpus wiki-sample (wiki-sample:heldout for its held-out part)")
     p.add_argument("--vocab", required=True, metavar="VOCAB",
-                   help="vocab.txt, or a directory holding vocab.txt (and tokenizer_config.json for the casing)")
+                   help="vocab.txt, a directory holding vocab.txt (and tokenizer_config.json for the casing), a model "
+                        "name (its vocabulary), or a GluonNLP vocabulary name such as book_corpus_wiki_en_uncased")
     p.add_argument("--out", required=True, metavar="DIR", help="directory for shard-*.npz and stats.json")
     p.add_argument("--format", choices=("auto", "wikitext", "docs", "text"), default="auto",
                    help="wikitext: ' = Title = ' starts a document, one paragraph per line; docs: one sentence per "
@@ -46,9 +47,25 @@ def resolve_vocab(arg: str) -> tuple[Path, bool | None, bool | None]:
     """(vocab.txt path, lowercase, strip_accents) with the casing from tokenizer_config.json if present."""
     from ..tokenizer import saved_casing
 
-    path = Path(arg)
+    path = Path(arg).expanduser()
+    if not path.exists() and path.suffix != ".txt" and not arg.startswith((".", "/", "~")):
+        path = _named_vocabulary(arg)  # a model or vocabulary name, not a path
     vocab = path / "vocab.txt" if path.is_dir() else path
     return (vocab, *saved_casing(vocab.parent))
+
+
+def _named_vocabulary(name: str) -> Path:
+    """The checkpoint directory whose vocabulary a name stands for: a model name (zoo, Hub id, cache), or a
+    GluonNLP vocabulary name (the vocabulary of the first zoo model trained on that dataset)."""
+    from ..checkpoint import resolve
+    from ..errors import BertkitError
+    from ..zoo.names import ZOO
+
+    datasets = [entry.name for entry in ZOO.values() if entry.name.endswith("/" + name)]
+    try:
+        return resolve(datasets[0] if datasets else name)
+    except BertkitError as e:
+        raise BertkitError(f"--vocab {name}: not a file or directory, and no model or vocabulary of that name ({e})") from None
 
 
 def resolve_inputs(names: list[str], fmt: str):

@@ -60,7 +60,7 @@ import torch
 from ..errors import BertkitError
 from .masking import MaskingVocab, mask_tokens
 from .shard_reader import ShardFile
-from .shards import INSTANCE_ARRAYS, MASK_ARRAYS, list_shards, read_stats
+from .shards import INSTANCE_ARRAYS, MASK_ARRAYS, list_shards, read_stats, shard_directory
 
 BATCH_KEYS = ("input_ids", "segment_ids", "valid_lengths", "masked_lm_positions", "masked_lm_ids",
               "masked_lm_weights", "next_sentence_labels")
@@ -162,8 +162,8 @@ class PretrainingLoader:
             raise BertkitError(f"batch size {batch_size} must be at least 1")
         if not 0 <= rank < world_size:
             raise BertkitError(f"rank {rank} is not in [0, world_size={world_size})")
-        self.data_dir = Path(data_dir)
-        self.shards = list_shards(self.data_dir)
+        self.shards = list_shards(data_dir)  # a directory, or a glob pattern of shard files
+        self.data_dir = shard_directory(data_dir) if self.shards else Path(data_dir)
         if not self.shards:
             raise BertkitError(f"{self.data_dir}: no .npz shards (make them with bertkit pretrain-data)")
         self.stats = read_stats(self.data_dir) or {}

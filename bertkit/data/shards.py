@@ -71,11 +71,27 @@ def read_shard(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def list_shards(directory: str | Path) -> list[Path]:
-    """The shards of a directory in name order (any `*.npz`, bertkit's own names sort first)."""
-    directory = Path(directory)
+    """The shards of a directory in name order (any `*.npz`, bertkit's own names sort first), or the
+    files a glob pattern names (GluonNLP's `--data 'out/*.npz'`), in name order."""
+    text = str(directory)
+    directory = Path(directory).expanduser()
+    if not directory.is_dir() and any(c in text for c in "*?["):
+        import glob
+
+        found = sorted(Path(p) for p in glob.glob(os.path.expanduser(text)) if p.endswith(".npz"))
+        if not found:
+            raise BertkitError(f"{text}: no .npz shards match this pattern")
+        return found
     if not directory.is_dir():
         raise BertkitError(f"{directory}: pretraining data directory not found")
     return sorted(directory.glob("*.npz"))
+
+
+def shard_directory(data: str | Path) -> Path:
+    """Where a shard directory's stats.json and vocab.txt are: the directory itself, or for a glob
+    pattern the folder of its first shard."""
+    path = Path(data).expanduser()
+    return path if path.is_dir() else list_shards(data)[0].parent
 
 
 def write_stats(directory: str | Path, stats: dict) -> None:
