@@ -295,11 +295,14 @@ def saved_labels(cfg: BertConfig, info: dict) -> list | None:
     return labels
 
 
-def load(name_or_path: str | Path, head: str = "auto", num_labels: int | None = None, dataset: str | None = None):
+def load(name_or_path: str | Path, head: str = "auto", num_labels: int | None = None, dataset: str | None = None,
+         device: str | torch.device | None = None):
     """Load a checkpoint as a bertkit model with its tokenizer attached (`model.tokenizer`).
 
     head: "auto" (what the checkpoint holds), or one of HEADS to build that model from the encoder
-    (a head the checkpoint lacks is freshly initialised). The model is returned in eval mode.
+    (a head the checkpoint lacks is freshly initialised). The model is returned in eval mode, on the
+    CPU, or on `device` ("auto", "cpu", "cuda", "cuda:N": bertkit/device.py), where its `predict`,
+    `answer` and the embedding functions then run.
     """
     directory = resolve(name_or_path, dataset)
     cfg = load_config(directory)
@@ -328,4 +331,8 @@ def load(name_or_path: str | Path, head: str = "auto", num_labels: int | None = 
     model.load_report = {"missing": missing, "unexpected": unexpected, "directory": str(directory)}
     _encoder(model).tokenizer = tokenizer
     model.tokenizer = tokenizer
+    if device is not None:
+        from .device import resolve_device
+
+        model.to(resolve_device(device))
     return model

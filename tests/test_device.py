@@ -138,3 +138,14 @@ def test_jagged_qkv_keeps_each_rows_tokens_together():
         for which, t in enumerate((q, k, v)):
             row = t.unbind()[b]  # (heads, tokens, head_dim)
             assert torch.equal(row, per_token[start:end, which].transpose(0, 1))
+
+
+def test_load_takes_a_device(tmp_path, monkeypatch):
+    import bertkit
+
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    bertkit.save(BertModel(cfg), tmp_path / "m")
+    assert dev.model_device(bertkit.load(tmp_path / "m", device="cpu")) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(BertkitError, match="--device cuda: this torch sees no CUDA GPU"):
+        bertkit.load(tmp_path / "m", device="cuda")
