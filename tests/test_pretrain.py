@@ -191,3 +191,42 @@ def test_divergence_stops_with_the_last_good_checkpoint(shards, tmp_path):
     if kept:  # the named checkpoint exists and loads
         assert kept[-1].name in msg
         bertkit.load(kept[-1])
+
+
+def test_masked_lm_only_pretraining(tmp_path):
+    """--no-nsp shards hold single `[CLS] A [SEP]` segments; pretraining on them trains the masked LM
+    alone (no NSP columns), in one process or two, and the result loads as transformers' BertForMaskedLM."""
+    if not WIKITEXT.is_file():
+        pytest.skip("WikiText-2 not found")
+    corpus = tmp_path / "wiki.tokens"
+    corpus.write_text("\n".join(WIKITEXT.read_text(encoding="utf-8").splitlines()[:400]) + "\n", encoding="utf-8")
+    vocab = bertkit.resolve("all-minilm-l6-v2") / "vocab.txt"
+    shards = tmp_path / "shards"
+    bertkit_cli("pretrain-data", "--input", corpus, "--vocab", vocab, "--out", shards, "--format", "wikitext",
+                "--max-seq-length", "64", "--dupe-factor", "1", "--no-nsp", "--no-progress")
+    stats = json.loads((shards / "stats.json").read_text())
+    assert stats["settings"]["nsp"] is False and stats["random_next_share"] is None
+    from bertkit.data.shards import list_shards, read_shard
+
+    a = read_shard(list_shards(shards)[0])
+    assert (a["next_sentence_labels"] == -1).all() and (a["segment_ids"] == 0).all()
+    rows = torch.arange(len(a["valid_lengths"]))
+    ids = torch.from_numpy(a["input_ids"]).long()
+    assert (ids[:, 0] == 101).all() and (ids[rows, torch.from_numpy(a["valid_lengths"]).long() - 1] == 102).all()
+    assert ((ids == 102).sum(1) == 1).all()  # one [SEP]: a single segment
+    for n, out in ((1, tmp_path / "one"), (2, tmp_path / "two")):
+        args = train_args(shards, out, "--steps", "3", "--eval-data", shards, "--eval-interval", "3", "--eval-batches", "2",
+                          "--dropout", "0")
+        if n == 1:
+            bertkit_cli(*args)
+        else:
+            proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                                   "-m", "bertkit", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        rows_ = metrics(out)
+        assert all("nsp_loss" not in r and "nsp_accuracy" not in r and "eval_nsp_accuracy" not in r for r in rows_)
+        assert [r["step"] for r in rows_ if "mlm_loss" in r] == [1, 2, 3] and any("eval_mlm_accuracy" in r for r in rows_)
+    a1, a2 = weights(tmp_path / "one" / "final"), weights(tmp_path / "two" / "final")
+    assert max(float((a1[k] - a2[k]).abs().max()) for k in a1) < 1e-5
+    transformers = pytest.importorskip("transformers")
+    assert transformers.BertForMaskedLM.from_pretrained(tmp_path / "one" / "final") is not None

@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--whole-word-mask", action="store_true", help="mask all WordPiece pieces of a word together")
     p.add_argument("--dynamic-masking", action="store_true",
                    help="write unmasked shards; the loader masks every batch afresh each epoch")
+    p.add_argument("--no-nsp", action="store_true",
+                   help="no next-sentence pairs: single segments of whole sentences up to --max-seq-length, for "
+                        "masked-LM-only pretraining (as RoBERTa trains)")
     p.add_argument("--seed", type=int, default=12345, help="random seed; the output depends on it, not on --workers (12345)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (1)")
     p.add_argument("--chunk-mb", type=float, default=1.0,
@@ -98,7 +101,7 @@ def run(args) -> int:
         dupe_factor=args.dupe_factor,
         short_seq_prob=args.short_seq_prob,
         whole_word_mask=args.whole_word_mask,
-        dynamic_masking=args.dynamic_masking,
+        dynamic_masking=args.dynamic_masking, nsp=not args.no_nsp,
         seed=args.seed,
         chunk_mb=args.chunk_mb,
     )

@@ -122,6 +122,37 @@ def create_pairs(
     )
 
 
+def create_segments(
+    chunk: TokenizedChunk, max_seq_length: int, short_seq_prob: float, dupe_factor: int, rng: random.Random
+) -> PairSpans:
+    """Masked-LM-only instances (`--no-nsp`, as RoBERTa trains): each a single segment of whole,
+    consecutive sentences of one document, gathered up to the target length exactly as `create_pairs`
+    gathers a chunk (the same per-document target draw); B is empty and there is no label."""
+    max_num_tokens = max_seq_length - 2
+    a0s, a1s, short = [], [], []
+    uniform, randint = rng.random, rng.randint
+    draws = short_draws = 0
+    for _ in range(dupe_factor):
+        for bounds in chunk.doc_bounds:
+            n = len(bounds) - 1
+            target = max_num_tokens
+            is_short = uniform() < short_seq_prob
+            if is_short:
+                target = randint(2, max_num_tokens)
+            draws += 1
+            short_draws += is_short
+            chunk_start = 0
+            for i in range(n):
+                if i == n - 1 or bounds[i + 1] - bounds[chunk_start] >= target:
+                    a0s.append(bounds[chunk_start])
+                    a1s.append(bounds[i + 1])
+                    short.append(is_short)
+                    chunk_start = i + 1
+    a0, a1 = np.asarray(a0s, dtype=np.int64), np.asarray(a1s, dtype=np.int64)
+    no = np.zeros(len(a0), dtype=bool)
+    return PairSpans(a0, a1, a1.copy(), a1.copy(), no, no.copy(), np.asarray(short, dtype=bool), draws, short_draws)
+
+
 def truncate_pairs(spans: PairSpans, max_num_tokens: int, rng: np.random.Generator) -> None:
     """Google's `truncate_seq_pair`, in closed form, applied to the spans in place.
 
@@ -148,11 +179,20 @@ def truncate_pairs(spans: PairSpans, max_num_tokens: int, rng: np.random.Generat
 
 
 def assemble(
-    tokens: np.ndarray, spans: PairSpans, max_seq_length: int, cls_id: int, sep_id: int
+    tokens: np.ndarray, spans: PairSpans, max_seq_length: int, cls_id: int, sep_id: int, pairs: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`[CLS] A [SEP] B [SEP]` rows padded with 0: (input_ids, segment_ids, valid_lengths)."""
+    """`[CLS] A [SEP] B [SEP]` rows padded with 0: (input_ids, segment_ids, valid_lengths); with
+    `pairs=False`, `[CLS] A [SEP]` rows (all segment 0) from spans whose B is empty."""
     la = (spans.a_end - spans.a_start)[:, None]
     lb = (spans.b_end - spans.b_start)[:, None]
+    if not pairs:
+        assert not lb.any(), "single segments have an empty B"
+        t = np.arange(max_seq_length)[None, :]
+        in_a = (t >= 1) & (t <= la)
+        ids = np.where(in_a, tokens[np.where(in_a, spans.a_start[:, None] + t - 1, 0)], 0).astype(np.int32)
+        ids[:, 0] = cls_id
+        ids[np.arange(len(spans)), la[:, 0] + 1] = sep_id
+        return ids, np.zeros_like(ids), (la[:, 0] + 2).astype(np.int32)
     length = la + lb + 3
     t = np.arange(max_seq_length)[None, :]
     in_a = (t >= 1) & (t <= la)

@@ -182,6 +182,7 @@ class PretrainingLoader:
         self.max_predictions_per_seq = max_predictions_per_seq or settings.get("max_predictions_per_seq", 20)
         self.whole_word_mask = settings.get("whole_word_mask", False) if whole_word_mask is None else whole_word_mask
         self.max_seq_length = settings.get("max_seq_length")
+        self.nsp = settings.get("nsp", True)  # False: --no-nsp shards, single segments for the masked LM alone
         self.vocab_size = settings.get("vocab_size")
         self._masking = None
         if self.dynamic_masking or self.vocab_size is None:

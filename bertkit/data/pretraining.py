@@ -32,10 +32,10 @@ import numpy as np
 
 from ..errors import BertkitError
 from .corpus import FORMATS, check_has_text, document_sentences, iter_documents
-from .instances import TokenizedChunk, assemble, create_pairs, truncate_pairs
+from .instances import TokenizedChunk, assemble, create_pairs, create_segments, truncate_pairs
 from .masking import MaskingVocab, mask_tokens
 from .wordcache import WordCacheTokenizer
-from .shards import FORMAT_NAME, FORMAT_VERSION, SHARD_PATTERN, STATS_FILE, shard_name, write_shard, write_stats
+from .shards import FORMAT_NAME, FORMAT_VERSION, NO_NSP_LABEL, SHARD_PATTERN, STATS_FILE, shard_name, write_shard, write_stats
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class PretrainingConfig:
     short_seq_prob: float = 0.1
     whole_word_mask: bool = False
     dynamic_masking: bool = False
+    nsp: bool = True  # False (--no-nsp): single full-length segments, masked LM only (RoBERTa's setting)
     seed: int = 12345
     chunk_mb: float = 1.0
 
@@ -128,7 +129,8 @@ def chunk_seeds(seed: int, index: int) -> tuple[random.Random, np.random.Generat
 def make_chunk_arrays(chunk: TokenizedChunk, index: int, config: PretrainingConfig, masking: MaskingVocab):
     """The shard arrays of one chunk plus its counts (no file written)."""
     py_rng, np_rng = chunk_seeds(config.seed, index)
-    spans = create_pairs(chunk, config.max_seq_length, config.short_seq_prob, config.dupe_factor, py_rng)
+    make = create_pairs if config.nsp else create_segments
+    spans = make(chunk, config.max_seq_length, config.short_seq_prob, config.dupe_factor, py_rng)
     counts = {
         "documents": len(chunk.doc_bounds),
         "documents_with_pairs": sum(len(b) > 2 for b in chunk.doc_bounds),
@@ -144,16 +146,18 @@ def make_chunk_arrays(chunk: TokenizedChunk, index: int, config: PretrainingConf
     }
     if not len(spans):
         return None, counts
-    truncate_pairs(spans, config.max_seq_length - 3, np_rng)
+    truncate_pairs(spans, config.max_seq_length - (3 if config.nsp else 2), np_rng)
     ids, segment_ids, valid_lengths = assemble(
-        chunk.tokens, spans, config.max_seq_length, masking.cls_id, masking.sep_id
+        chunk.tokens, spans, config.max_seq_length, masking.cls_id, masking.sep_id, pairs=config.nsp
     )
     order = np_rng.permutation(len(spans))  # shuffle within the shard, as Google shuffles its output
     arrays = {
         "input_ids": ids[order],
         "segment_ids": segment_ids[order],
         "valid_lengths": valid_lengths[order],
-        "next_sentence_labels": spans.is_random_next[order].astype(np.int32),
+        # -1: no next-sentence label (--no-nsp; the pretraining loop then trains the masked LM alone)
+        "next_sentence_labels": spans.is_random_next[order].astype(np.int32) if config.nsp
+        else np.full(len(order), NO_NSP_LABEL, dtype=np.int32),
     }
     if not config.dynamic_masking:
         masked = mask_tokens(
@@ -336,10 +340,10 @@ def create_pretraining_data(
         "mean_tokens_per_instance": round(totals["tokens"] / n, 2),
         "masked_positions": None if config.dynamic_masking else totals["masked"],
         "mean_masked_per_instance": None if config.dynamic_masking else round(totals["masked"] / n, 3),
-        "random_next_share": round(totals["random_next"] / n, 4),
+        "random_next_share": round(totals["random_next"] / n, 4) if config.nsp else None,
         # Google's rule: a chunk of one sentence always gets a random B (no coin flip); these raise
         # random_next_share above 0.5, mostly in documents that drew a short target
-        "random_next_forced_share": round(totals["random_next_forced"] / n, 4),
+        "random_next_forced_share": round(totals["random_next_forced"] / n, 4) if config.nsp else None,
         "short_target_share": round(totals["short_target_draws"] / max(totals["target_draws"], 1), 4),
         "time_s": round(elapsed, 2),
         "tokens_per_s": round(totals["tokens"] / elapsed),
@@ -374,9 +378,10 @@ def summary(stats: dict, out_dir: str | Path) -> str:
             f"  {s['documents']} documents, {s['sentences']} sentences, {s['corpus_tokens']} corpus tokens",
             f"  {s['instances']} instances, {s['tokens']} tokens ({s['mean_tokens_per_instance']} per instance, "
             f"{100 * s['padding_share']:.1f}% padding), {masked}",
-            f"  random next: {100 * s['random_next_share']:.1f}% ({100 * s['random_next_forced_share']:.1f}% forced: "
-            f"one-sentence chunks), short targets: {100 * s['short_target_share']:.1f}% "
-            f"of documents",
+            (f"  random next: {100 * s['random_next_share']:.1f}% ({100 * s['random_next_forced_share']:.1f}% forced: "
+             f"one-sentence chunks)" if s["random_next_share"] is not None else
+             "  single segments, no next-sentence pairs (--no-nsp)")
+            + f", short targets: {100 * s['short_target_share']:.1f}% of documents",
             f"  {s['time_s']} s, {s['tokens_per_s'] / 1e6:.2f}M tokens/s with {s['settings']['workers']} worker(s)",
         ]
     )

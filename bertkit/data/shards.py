@@ -8,7 +8,8 @@ Each shard holds N instances of width T = max_seq_length:
     masked_lm_positions  (N, P) int32, P = max_predictions_per_seq, ascending, 0 where unused
     masked_lm_ids        (N, P) int32, the original ids at those positions
     masked_lm_weights    (N, P) float32, 1 for a real prediction, 0 for padding
-    next_sentence_labels (N,)   int32, 0 = B really follows A, 1 = B is random
+    next_sentence_labels (N,)   int32, 0 = B really follows A, 1 = B is random; -1 = no pair (--no-nsp
+                                shards: `[CLS] A [SEP]` instances for the masked LM alone)
 
 Shards written with dynamic masking lack the three `masked_lm_*` arrays (and `input_ids` are not
 masked); the loader masks each batch afresh.
@@ -36,6 +37,7 @@ FORMAT_NAME = "bertkit-pretraining-shards"
 FORMAT_VERSION = 1
 
 INSTANCE_ARRAYS = ("input_ids", "segment_ids", "valid_lengths", "next_sentence_labels")
+NO_NSP_LABEL = -1
 MASK_ARRAYS = ("masked_lm_positions", "masked_lm_ids", "masked_lm_weights")
 
 

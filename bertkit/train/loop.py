@@ -319,7 +319,7 @@ class _Run:
         seconds = max(time.perf_counter() - window["t"], 1e-9)
         row = {"epoch": self.state["epoch"], "step": self.state["step"],
                "loss": round(window["loss_sum"] / max(window["steps"], 1), 6)}
-        if len(self.term_keys) > 1:
+        if self.term_keys != ["loss"]:  # named terms (mlm_loss, nsp_loss) get a column each
             for t in self.term_keys:
                 row[t] = round(window.get(t, 0.0) / max(window[job.loss_terms[t]], 1e-12), 6)
         row.update(job.step_metrics(window, seconds))

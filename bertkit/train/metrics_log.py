@@ -74,11 +74,13 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> Path | None:
     evals = [r for r in rows if "eval_mlm_accuracy" in r]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for key, label in (("loss", "total loss"), ("mlm_loss", "MLM loss"), ("nsp_loss", "NSP loss")):
-        ax_loss.plot([r["step"] for r in train], [r[key] for r in train], label=label, linewidth=1)
+        if train and key in train[0]:  # no NSP columns for masked-LM-only runs
+            ax_loss.plot([r["step"] for r in train], [r[key] for r in train], label=label, linewidth=1)
     if evals:
         ax_loss.plot([r["step"] for r in evals], [r["eval_mlm_loss"] for r in evals], "o-", label="eval MLM loss")
         for key, label in (("eval_mlm_accuracy", "eval MLM accuracy"), ("eval_nsp_accuracy", "eval NSP accuracy")):
-            ax_acc.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=label)
+            if key in evals[0]:
+                ax_acc.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=label)
     ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
     ax_acc.set(xlabel="step", ylabel="accuracy", title="held-out accuracy", ylim=(0, 1))
     for ax in (ax_loss, ax_acc):

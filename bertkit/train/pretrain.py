@@ -86,8 +86,10 @@ def peak_flops(device: torch.device) -> float | None:
     return cpu_peak_flops()
 
 
-def mlm_nsp_sums(model, batch: dict) -> dict[str, torch.Tensor]:
-    """Summed (not averaged) losses and correct counts of one micro-batch."""
+def mlm_nsp_sums(model, batch: dict, nsp: bool = True) -> dict[str, torch.Tensor]:
+    """Summed (not averaged) losses and correct counts of one micro-batch. Without `nsp` (shards of
+    single segments) the NSP head is left out of the loss; it stays in the graph with weight 0, so
+    that every parameter gets a gradient, as data-parallel training needs."""
     mlm_logits, nsp_logits = model(
         batch["input_ids"], batch["segment_ids"], batch["valid_lengths"],
         masked_positions=batch["masked_lm_positions"], masked_weights=batch["masked_lm_weights"],
@@ -96,13 +98,15 @@ def mlm_nsp_sums(model, batch: dict) -> dict[str, torch.Tensor]:
     labels = batch["masked_lm_ids"][weights > 0].long()
     mlm_ce = F.cross_entropy(mlm_logits.float(), labels, reduction="none")
     real_weights = weights[weights > 0].float()
+    sums = {"mlm_loss": (mlm_ce * real_weights).sum(),
+            "mlm_correct": ((mlm_logits.argmax(-1) == labels).float() * real_weights).sum().detach()}
+    if not nsp:
+        sums["mlm_loss"] = sums["mlm_loss"] + 0.0 * nsp_logits.float().sum()
+        return sums
     nsp_labels = batch["next_sentence_labels"].long()
-    return {
-        "mlm_loss": (mlm_ce * real_weights).sum(),
-        "nsp_loss": F.cross_entropy(nsp_logits.float(), nsp_labels, reduction="sum"),
-        "mlm_correct": ((mlm_logits.argmax(-1) == labels).float() * real_weights).sum().detach(),
-        "nsp_correct": (nsp_logits.argmax(-1) == nsp_labels).sum().float().detach(),
-    }
+    sums["nsp_loss"] = F.cross_entropy(nsp_logits.float(), nsp_labels, reduction="sum")
+    sums["nsp_correct"] = (nsp_logits.argmax(-1) == nsp_labels).sum().float().detach()
+    return sums
 
 
 @torch.no_grad()
@@ -121,8 +125,9 @@ def evaluate(model, data: PretrainingLoader, ctx: distributed.DistributedContext
         if len(part["valid_lengths"]) == 0:  # a last batch with fewer rows than ranks
             continue
         part = {k: v.to(ctx.device) for k, v in part.items()}
-        s = mlm_nsp_sums(model, part)
-        totals += torch.stack([s["mlm_loss"], s["nsp_loss"], s["mlm_correct"], s["nsp_correct"],
+        s = mlm_nsp_sums(model, part, data.nsp)
+        zero = torch.zeros((), device=ctx.device)
+        totals += torch.stack([s["mlm_loss"], s.get("nsp_loss", zero), s["mlm_correct"], s.get("nsp_correct", zero),
                                part["masked_lm_weights"].sum()]).double().cpu()
         rows += part["input_ids"].shape[0]
     totals = torch.cat([totals, torch.tensor([float(rows)], dtype=torch.float64)])
@@ -132,14 +137,11 @@ def evaluate(model, data: PretrainingLoader, ctx: distributed.DistributedContext
     if masked == 0 or rows == 0:
         raise BertkitError("eval data: no instances to evaluate")
     mlm_loss = mlm_sum / masked
-    return {
-        "eval_mlm_loss": mlm_loss,
-        "eval_mlm_accuracy": mlm_correct / masked,
-        "eval_mlm_perplexity": math.exp(min(mlm_loss, 50.0)),
-        "eval_nsp_loss": nsp_sum / rows,
-        "eval_nsp_accuracy": nsp_correct / rows,
-        "eval_instances": int(rows),
-    }
+    scores = {"eval_mlm_loss": mlm_loss, "eval_mlm_accuracy": mlm_correct / masked,
+              "eval_mlm_perplexity": math.exp(min(mlm_loss, 50.0))}
+    if data.nsp:
+        scores.update({"eval_nsp_loss": nsp_sum / rows, "eval_nsp_accuracy": nsp_correct / rows})
+    return {**scores, "eval_instances": int(rows)}
 
 
 def build_model(opts: PretrainOptions, data: PretrainingLoader) -> tuple[BertForPreTraining, BertTokenizer]:
@@ -181,6 +183,8 @@ class PretrainingJob(TrainingJob):
 
     def __init__(self, data: PretrainingLoader, eval_data: PretrainingLoader | None, opts, ctx, model, tokenizer, info: dict):
         self.data, self.eval_data, self.opts, self.ctx = data, eval_data, opts, ctx
+        if not data.nsp:  # --no-nsp shards: the masked LM alone, and no NSP numbers in metrics.jsonl
+            self.loss_terms, self.stat_keys = {"mlm_loss": "masked"}, ("mlm_correct",)
         self.model, self.tokenizer, self.info = model, tokenizer, info
         self.peak = peak_flops(ctx.device)
 
@@ -196,11 +200,12 @@ class PretrainingJob(TrainingJob):
                 "masked": float(part["masked_lm_weights"].sum())}
 
     def loss_sums(self, model, part):
-        return mlm_nsp_sums(model, part)
+        return mlm_nsp_sums(model, part, self.data.nsp)
 
     def step_metrics(self, totals: dict, seconds: float) -> dict:
-        row = {"mlm_accuracy": totals.get("mlm_correct", 0.0) / max(totals["masked"], 1e-12),
-               "nsp_accuracy": totals.get("nsp_correct", 0.0) / max(totals["rows"], 1e-12)}
+        row = {"mlm_accuracy": totals.get("mlm_correct", 0.0) / max(totals["masked"], 1e-12)}
+        if self.data.nsp:
+            row["nsp_accuracy"] = totals.get("nsp_correct", 0.0) / max(totals["rows"], 1e-12)
         if self.peak and totals["rows"]:
             seqlen = int(totals["tokens"] / totals["rows"])
             tokens_per_s = totals["tokens"] / seconds
