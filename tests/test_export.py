@@ -28,7 +28,7 @@ def tiny_checkpoint(root, head, tokenizer, seed=0):
     """A bert_2_128_2 checkpoint with random weights (every tensor nonzero) and a real vocabulary."""
     cfg = bertkit.BertConfig.from_preset("bert_2_128_2", vocab_size=tokenizer.vocab_size)
     cls = HEADS[head][0]
-    labels = HEAD_LABELS[head]
+    labels = HEAD_LABELS.get(head)
     torch.manual_seed(seed)
     if head in ("classification", "token_classification"):
         model = cls(cfg, num_labels=len(labels))

@@ -329,3 +329,20 @@ def test_onnx_backend_answers_like_the_pytorch_qa_model(ckpts, tmp_path, mrpc_de
         got, want = backend.answer(question, context), answer(model, question, context)
         assert (got["text"], got["start"], got["end"]) == (want["text"], want["start"], want["end"])
         assert got["score"] == pytest.approx(want["score"], abs=1e-4)
+
+
+def test_fill_mask_route_equals_the_cli(servers, ckpts, minilm, tmp_path_factory):
+    """POST /fill-mask {"inputs": [...], "top_k": k}: the masks of each input, as `bertkit fill-mask` prints them."""
+    pretrained = tiny_checkpoint(tmp_path_factory.mktemp("mlm"), "pretraining", minilm.tokenizer, seed=5)
+    server = _server(servers, "mlm", pretrained)
+    texts = ["the movie was [MASK] .", "a [MASK] and [MASK] film"]
+    status, _, body = server.post("/fill-mask", {"inputs": texts, "top_k": 3})
+    assert status == 200, body
+    cli = run_cli("fill-mask", "--model", pretrained, "--top-k", "3", *texts)
+    assert cli.returncode == 0, cli.stderr
+    assert body == [json.loads(line)["masks"] for line in cli.stdout.splitlines()]
+    for bad, field in (({"inputs": ["no mask"]}, "inputs[0]"), ({"inputs": ["a [MASK]"], "top_k": 0}, "top_k")):
+        status, _, err = server.post("/fill-mask", bad)
+        assert status == 422 and field in json.dumps(err)
+    status, _, err = _server(servers, "enc", ckpts["encoder"]).post("/fill-mask", {"inputs": ["a [MASK]"]})
+    assert status == 422 and "masked-LM head" in json.dumps(err)

@@ -230,8 +230,24 @@ def create_app(backend, batcher: DynamicBatcher, model_name: str, max_client_bat
         if len(body["context"]) > max_context_chars:
             raise Problem(413, f"field 'context' has {len(body['context'])} characters, more than the limit of "
                                f"{max_context_chars}", "context")
+        return await call(lambda: backend.answer(body["question"], body["context"]))
+
+    @app.post("/fill-mask")
+    async def fill_mask(request: Request):
+        body = await body_of(request)
+        items = texts_of(body, "inputs")
+        for i, text in enumerate(items):
+            if "[MASK]" not in text:
+                raise Problem(422, f"inputs[{i}] has no [MASK] token", f"inputs[{i}]")
+        top_k = body.get("top_k", 5)
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 100:
+            raise Problem(422, f"field 'top_k' must be an integer from 1 to 100, got {top_k!r}", "top_k")
+        return await call(lambda: backend.fill_mask(items, top_k))
+
+    async def call(job):
+        """Run `job` on the batcher's worker (one at a time); a user's mistake it finds is a 422."""
         try:
-            future = batcher.submit_call(lambda: backend.answer(body["question"], body["context"]))
+            future = batcher.submit_call(job)
         except QueueFull as e:
             raise Problem(503, f"server overloaded: {e}; retry later", kind="overloaded") from None
         try:

@@ -110,6 +110,9 @@ class Backend:
     def answer(self, question: str, context: str) -> dict:
         raise BertkitError(f"/answer needs a question-answering model; this one's head is {self.head}")
 
+    def fill_mask(self, texts: list[str], top_k: int) -> list:
+        raise BertkitError("/fill-mask needs a PyTorch checkpoint with the masked-LM head (a pretraining checkpoint)")
+
     def close(self) -> None:
         """Remove what the backend made for itself (an ONNX export of a checkpoint made at start-up)."""
         scratch = getattr(self, "scratch_dir", None)
@@ -190,6 +193,17 @@ class TorchBackend(Backend):
         from ..qa.answer import answer
 
         return answer(self.model, question, context, precision=self.precision)
+
+    def fill_mask(self, texts, top_k):
+        """Per text, per [MASK]: [{token, score}] (the body `bertkit fill-mask` prints per line)."""
+        from ..masked_lm import fill_mask
+        from ..model import BertForPreTraining
+
+        if not isinstance(self.model, BertForPreTraining) or any(
+                m.startswith("cls.predictions") for m in self.model.load_report.get("missing", [])):
+            return super().fill_mask(texts, top_k)
+        return [[[{"token": t, "score": round(p, 6)} for t, p in mask] for mask in masks]
+                for masks in fill_mask(self.model, texts, top_k=top_k, precision=self.precision)]
 
 
 class ExportBackend(Backend):
