@@ -157,6 +157,17 @@ def test_max_tokens_batches(shards, tmp_path):
     assert "--max-tokens 8 is smaller than one instance" in msg
 
 
+def test_explicit_shape(shards, tmp_path):
+    """d2l's shape (2 layers, hidden 128, 2 heads, FFN 256: not 4 x hidden) named by flags."""
+    out = tmp_path / "d2l"
+    args = [a for a in train_args(shards, out, "--steps", "1") if a not in ("--config", "bert_2_128_2")]
+    bertkit_cli(*args, "--layers", "2", "--hidden", "128", "--heads", "2", "--ffn", "256")
+    cfg = json.loads((out / "final" / "config.json").read_text())
+    assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"]) == (2, 128, 2, 256)
+    msg = one_line_error(bertkit_cli(*args, "--layers", "2", "--hidden", "128", check=False))
+    assert "needs --heads too" in msg
+
+
 def test_bad_input(shards, tmp_path):
     # shards of another vocabulary size than the model
     other = BertForPreTraining(BertConfig.from_preset("bert_2_128_2", vocab_size=100))

@@ -8,6 +8,10 @@ def add_arguments(p):
     start = p.add_mutually_exclusive_group()
     start.add_argument("--config", metavar="NAME", help="a named shape to train from random weights (default bert_4_256_4)")
     start.add_argument("--model", metavar="MODEL", help="a checkpoint to continue pretraining")
+    p.add_argument("--layers", type=int, help="an explicit shape instead of --config: layers (with --hidden, --heads)")
+    p.add_argument("--hidden", type=int, help="hidden size of an explicit shape")
+    p.add_argument("--heads", type=int, help="attention heads of an explicit shape")
+    p.add_argument("--ffn", type=int, help="feed-forward size of an explicit shape (default 4 x --hidden)")
     p.add_argument("--out", required=True, metavar="DIR", help="metrics.jsonl, checkpoint-STEP/ and final/ go here")
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
     p.add_argument("--batch-size", type=int, default=32, help="global batch: all processes and accumulation steps (default 32)")
@@ -43,13 +47,24 @@ def run(args):
 
     if args.max_tokens is not None and args.max_tokens < 1:
         raise BertkitError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+    shape = {k: getattr(args, k) for k in ("layers", "hidden", "heads", "ffn")}
+    if any(v is not None for v in shape.values()):
+        if args.config or args.model:
+            raise BertkitError("--layers/--hidden/--heads/--ffn give a shape of their own: drop --config/--model")
+        missing = [f"--{k}" for k in ("layers", "hidden", "heads") if shape[k] is None]
+        if missing:
+            raise BertkitError(f"an explicit shape needs {', '.join(missing)} too")
+        if any(v is not None and v < 1 for v in shape.values()):
+            raise BertkitError("--layers, --hidden, --heads and --ffn must be at least 1")
+    else:
+        shape = None
     for name in ("steps", "batch_size", "accumulate", "ckpt_interval", "eval_interval", "log_interval"):
         if getattr(args, name) < 1:
             raise BertkitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not 0 <= args.warmup_ratio < 1:
         raise BertkitError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
     opts = PretrainOptions(
-        data=args.data, out=args.out, config=args.config, model=args.model, steps=args.steps,
+        data=args.data, out=args.out, config=args.config, shape=shape, model=args.model, steps=args.steps,
         batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr, warmup_ratio=args.warmup_ratio,
         optimizer=args.optimizer, weight_decay=args.weight_decay, epsilon=args.epsilon,
         max_grad_norm=args.max_grad_norm, seed=args.seed, ckpt_interval=args.ckpt_interval,

@@ -37,6 +37,7 @@ class PretrainOptions:
     data: str
     out: str
     config: str | None = None  # a named shape (random init) ...
+    shape: dict | None = None  # ... or an explicit one: {"layers", "hidden", "heads", "ffn"} (d2l's 2 x 128, FFN 256)
     model: str | None = None  # ... or a checkpoint to continue from
     steps: int = 1000
     batch_size: int = 32  # global: all ranks and accumulation steps together
@@ -152,7 +153,14 @@ def build_model(opts: PretrainOptions, data: PretrainingLoader) -> tuple[BertFor
             _set_dropout(model, opts.dropout)
     else:
         overrides = {} if opts.dropout is None else {"hidden_dropout_prob": opts.dropout, "attention_probs_dropout_prob": opts.dropout}
-        cfg = BertConfig.from_preset(opts.config or "bert_4_256_4", vocab_size=data.vocab_size, **overrides)
+        if opts.shape:
+            layers, hidden, heads = opts.shape["layers"], opts.shape["hidden"], opts.shape["heads"]
+            if hidden % heads:
+                raise BertkitError(f"--hidden {hidden} is not divisible by --heads {heads}")
+            cfg = BertConfig(vocab_size=data.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                             intermediate_size=opts.shape.get("ffn") or 4 * hidden, **overrides)
+        else:
+            cfg = BertConfig.from_preset(opts.config or "bert_4_256_4", vocab_size=data.vocab_size, **overrides)
         if (data.max_seq_length or 0) > cfg.max_position_embeddings:
             raise BertkitError(f"{opts.data}: sequences of {data.max_seq_length} exceed the model's {cfg.max_position_embeddings} positions")
         model = BertForPreTraining(cfg)
