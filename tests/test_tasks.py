@@ -149,7 +149,8 @@ def test_rotten_tomatoes_named_data_set():
 
 
 def test_every_task_is_registered():
-    assert set(TASKS) == {"sst-2", "cola", "mrpc", "sts-b", "qqp", "mnli", "qnli", "rte", "wnli", "xnli", "imdb", "rotten-tomatoes", "text"}
+    assert set(TASKS) == {"sst-2", "cola", "mrpc", "sts-b", "qqp", "mnli", "qnli", "rte", "wnli", "xnli", "imdb", "ag-news",
+                          "rotten-tomatoes", "text"}
     assert get_task("SST2").name == "sst-2" and get_task("sts-b").kind == "regression"
     # GluonNLP's --task_name spellings
     gluon = {"SST": "sst-2", "MRPC": "mrpc", "STS-B": "sts-b", "QQP": "qqp", "MNLI": "mnli", "RTE": "rte",
@@ -230,3 +231,39 @@ def test_unknown_task_and_regression_misuse(tmp_path):
         get_task("squad")
     with pytest.raises(BertkitError, match="--regression applies to --task text only"):
         get_task("sst-2", regression=True)
+
+
+# ---- AG News ------------------------------------------------------------------------------------
+def test_ag_news_reads_the_distributed_csv_layout(tmp_path, data_dir):
+    """ag_news_csv/: class index 1-4, title, description (backslashes for line breaks); classes.txt."""
+    import shutil
+
+    d = tmp_path / "ag_news_csv"
+    d.mkdir()
+    shutil.copyfile(data_dir / "ag_news_csv" / "classes.txt", d / "classes.txt")
+    rows = (data_dir / "ag_news_csv" / "test.csv").read_text(encoding="utf-8").splitlines()
+    (d / "train.csv").write_text("\n".join(rows[:7000]) + "\n", encoding="utf-8")
+    (d / "test.csv").write_text("\n".join(rows[7000:]) + "\n", encoding="utf-8")
+    data = load_task_data(get_task("AG_News"), d)
+    assert data.labels == ["World", "Sports", "Business", "Sci/Tech"]
+    assert len(data.train) == 7000 and len(data.dev["dev"]) == 600
+    first = data.train[0]
+    assert first.label == "Business" and first.text_a.startswith("Fears for T N pension after talks Unions representing")
+    assert not any("\\" in e.text_a for e in data.train)  # the description's line breaks are spaces
+    assert {e.label for e in data.train} == set(data.labels)
+
+
+def test_ag_news_errors_name_the_file_and_line(tmp_path):
+    d = tmp_path / "ag"
+    d.mkdir()
+    (d / "train.csv").write_text('"1","a title","a text"\n"5","bad","class"\n')
+    (d / "test.csv").write_text('"2","t","d"\n')
+    with pytest.raises(BertkitError, match=r"train.csv:2: class index '5' is not 1-4"):
+        load_task_data(get_task("ag-news"), d)
+    (d / "train.csv").write_text('"1","only two fields"\n')
+    with pytest.raises(BertkitError, match=r"train.csv:1: expected 3 fields"):
+        load_task_data(get_task("ag-news"), d)
+    (d / "test.csv").unlink()
+    (d / "train.csv").write_text('"1","t","d"\n')
+    with pytest.raises(BertkitError, match="test.csv not found"):
+        load_task_data(get_task("ag-news"), d)

@@ -2,14 +2,16 @@
 
 from .options import add_training_arguments, is_main_process, training_settings
 
-TASK_NAMES = ("sst-2", "cola", "mrpc", "sts-b", "qqp", "mnli", "qnli", "rte", "wnli", "xnli", "imdb", "rotten-tomatoes", "text")
+TASK_NAMES = ("sst-2", "cola", "mrpc", "sts-b", "qqp", "mnli", "qnli", "rte", "wnli", "xnli", "imdb", "ag-news", "rotten-tomatoes",
+              "text")
 TAGGING_TASKS = ("conll2003", "tags")  # token classification: bertkit/tagging
 
 
 def add_arguments(p):
     p.add_argument("--task", required=True, metavar="NAME", help="one of: " + ", ".join(TASK_NAMES + TAGGING_TASKS))
     p.add_argument("--data-dir", metavar="DIR",
-                   help="the task's files: GLUE TSVs (DIR or DIR/TASK), aclImdb folders, XNLI, or train.tsv/dev.tsv for --task text "
+                   help="the task's files: GLUE TSVs (DIR or DIR/TASK), aclImdb folders, XNLI, ag_news_csv (train.csv, test.csv), "
+                        "or train.tsv/dev.tsv for --task text "
                         "(not needed for rotten-tomatoes); eng.train/eng.testa[/eng.testb] for conll2003, "
                         "train.txt/dev.txt[/test.txt] CoNLL columns for tags")
     p.add_argument("--model", default="all-minilm-l6-v2", help="checkpoint directory or model name (default all-minilm-l6-v2)")

