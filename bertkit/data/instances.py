@@ -62,6 +62,14 @@ class PairSpans:
         return len(self.a_start)
 
 
+def target_length(rng: random.Random, max_num_tokens: int, short_seq_prob: float) -> tuple[int, bool]:
+    """One document's target length, Google's draw: the maximum, or with probability `short_seq_prob`
+    a uniform integer in [2, maximum]. Returns (target, whether it is short)."""
+    if rng.random() < short_seq_prob:
+        return rng.randint(2, max_num_tokens), True
+    return max_num_tokens, False
+
+
 def create_pairs(
     chunk: TokenizedChunk, max_seq_length: int, short_seq_prob: float, dupe_factor: int, rng: random.Random
 ) -> PairSpans:
@@ -75,10 +83,7 @@ def create_pairs(
     for _ in range(dupe_factor):
         for d, bounds in enumerate(docs):
             n = len(bounds) - 1
-            target = max_num_tokens
-            is_short = uniform() < short_seq_prob
-            if is_short:
-                target = randint(2, max_num_tokens)
+            target, is_short = target_length(rng, max_num_tokens, short_seq_prob)
             draws += 1
             short_draws += is_short
             chunk_start = 0
@@ -130,15 +135,11 @@ def create_segments(
     gathers a chunk (the same per-document target draw); B is empty and there is no label."""
     max_num_tokens = max_seq_length - 2
     a0s, a1s, short = [], [], []
-    uniform, randint = rng.random, rng.randint
     draws = short_draws = 0
     for _ in range(dupe_factor):
         for bounds in chunk.doc_bounds:
             n = len(bounds) - 1
-            target = max_num_tokens
-            is_short = uniform() < short_seq_prob
-            if is_short:
-                target = randint(2, max_num_tokens)
+            target, is_short = target_length(rng, max_num_tokens, short_seq_prob)
             draws += 1
             short_draws += is_short
             chunk_start = 0
