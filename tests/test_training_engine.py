@@ -75,18 +75,25 @@ def weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(directory / "model.safetensors")
 
 
-def kill_at_checkpoint(args, out: Path, step: int):
-    """Run the command, SIGKILL it once OUT/checkpoint-STEP is in place; the run must not have finished."""
+def kill_at_checkpoint(args, out: Path, step: int) -> int:
+    """Run the command, SIGKILL it once a checkpoint of step `step` or later is in place (the loop
+    keeps only the newest, so a given one may come and go between two looks); the run must not have
+    finished. Returns the step of the checkpoint it was killed after."""
     proc = subprocess.Popen([sys.executable, "-m", "bertkit", *map(str, args)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
-    while not (out / f"checkpoint-{step}").is_dir():
+
+    def reached():
+        return [int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if int(p.name.split("-")[1]) >= step]
+
+    while not reached():
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
         assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
+        time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "model.safetensors").exists(), "the run finished before it was killed: the test proves nothing"
+    return max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
 
 
 @pytest.mark.parametrize("job", ["finetune", "squad"])
@@ -94,11 +101,10 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(toy, job):
     root = toy["root"] / f"resume-{job}"
     make = finetune_args if job == "finetune" else squad_args
     full, killed = root / "full", root / "killed"
-    cli(*make(toy, full, "--ckpt-interval", "5"))
-    # 320 examples / 16 = 20 steps an epoch (squad: ~9): step 25 is in the middle of an epoch
-    step = 25 if job == "finetune" else 10
-    kill_at_checkpoint(make(toy, killed, "--ckpt-interval", "5"), killed, step)
-    proc = cli(*make(toy, killed, "--ckpt-interval", "5", "--resume"))
+    # long enough that the kill comes well before the end: 6 epochs (finetune: 20 steps each, squad ~9)
+    cli(*make(toy, full, "--ckpt-interval", "5", "--epochs", "6"))
+    step = kill_at_checkpoint(make(toy, killed, "--ckpt-interval", "5", "--epochs", "6"), killed, 25 if job == "finetune" else 10)
+    proc = cli(*make(toy, killed, "--ckpt-interval", "5", "--epochs", "6", "--resume"))
     assert f"resuming from {killed / 'checkpoint-'}" in proc.stderr
     wa, wb = weights(full), weights(killed)
     assert wa.keys() == wb.keys()
@@ -185,12 +191,13 @@ def test_resume_without_a_checkpoint_or_of_another_job_overwrites_nothing(toy, t
 
     # a squad run's checkpoint is not a finetune run's
     squad = tmp_path / "squad"
-    kill_at_checkpoint(squad_args(toy, squad, "--ckpt-interval", "2"), squad, 2)
+    kill_at_checkpoint(squad_args(toy, squad, "--ckpt-interval", "2", "--epochs", "6"), squad, 2)
     kept = sorted(p.name for p in squad.rglob("*"))
     assert_cli_error(run_cli(*finetune_args(toy, squad, "--resume")), "is a checkpoint of squad, not of finetune text")
     assert sorted(p.name for p in squad.rglob("*")) == kept
     # other flags than the first run's would resume onto another schedule
     assert_cli_error(run_cli(*squad_args(toy, squad, "--epochs", "5", "--resume")), "belongs to a run of", "this one has")
+    assert sorted(p.name for p in squad.rglob("*")) == kept
     assert sorted(p.name for p in squad.rglob("*")) == kept
     # and without --resume, an unfinished run's checkpoints are not silently replaced
     assert_cli_error(run_cli(*squad_args(toy, squad)), "already holds checkpoints of an unfinished run")
