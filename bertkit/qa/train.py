@@ -56,6 +56,5 @@ def train_spans(model, features: Features, config, out, ctx, tokenizer=None, inf
     the loop's result. `checkpoints=False` (a model bertkit cannot save, e.g. a reference
     implementation's) writes no resumable checkpoints."""
     job = RowsJob("squad", SpanBatches(features), config, span_loss_sums, None, None, tokenizer, info or {})
-    if not checkpoints:
-        job.save_checkpoint = lambda *args, **kwargs: None
-    return run_finetune(job, model, out, config, f"squad train: {len(features)} windows, lr {config.lr}", ctx, quiet)
+    return run_finetune(job, model, out, config, f"squad train: {len(features)} windows, lr {config.lr}", ctx, quiet,
+                        checkpoints=checkpoints)

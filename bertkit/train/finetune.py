@@ -211,13 +211,18 @@ class RowsJob(TrainingJob):
         write_checkpoint(out, step, model, self.tokenizer, state, {**self.info, "resumable": True}, keep=keep)
 
 
-def run_finetune(job: RowsJob, net, out, config, describe: str, ctx, quiet: bool):
-    """Say what is about to happen, then train `job` with the one loop; returns the loop's result."""
+def run_finetune(job: RowsJob, net, out, config, describe: str, ctx, quiet: bool, checkpoints: bool = True):
+    """Say what is about to happen, then train `job` with the one loop; returns the loop's result.
+    `checkpoints=False`: no resumable checkpoints (for a model bertkit cannot save, e.g. a reference
+    implementation's)."""
     steps = [job.steps_per_epoch(e) for e in range(1, config.epochs + 1)]
     batch = f"{config.max_tokens * config.accumulate} tokens" if config.max_tokens else f"{config.batch_size * config.accumulate} examples"
     say(f"{describe}; {config.epochs} epoch(s) x {steps[0]} steps of {batch}"
         + (f" on {ctx.world_size} processes" if ctx.enabled else "") + f", {ctx.device}, {config.precision}", ctx, quiet)
-    return run_training(job, net, ctx, out, sum(steps), config.optimizer_spec(), config.loop_options(quiet))
+    options = config.loop_options(quiet)
+    if not checkpoints:
+        options = dataclasses.replace(options, ckpt_interval=0, ckpt_at_epoch_end=False, ckpt_at_end=False)
+    return run_training(job, net, ctx, out, sum(steps), config.optimizer_spec(), options)
 
 
 def write_results(job: RowsJob, net, out, config, result, ctx, quiet: bool, train_examples: int, dev_examples: dict,

@@ -35,10 +35,10 @@ from tqdm import tqdm
 
 from ..device import autocast, needs_grad_scaler, resolve_precision, to_device
 from ..errors import BertkitError
-from .checkpoints import find_resumable, list_checkpoints, remove_checkpoints, rng_state, set_rng_state, write_checkpoint
+from .checkpoints import find_resumable, list_checkpoints, rng_state, set_rng_state
 from .distributed import DistributedContext
 from .metrics_log import MetricsLog, flat_metrics
-from .optim import build_optimizer, linear_warmup_decay, warmup_steps_for
+from .optim import apply_gradients, build_optimizer, linear_warmup_decay, warmup_steps_for
 
 
 @dataclass
@@ -241,7 +241,7 @@ class _Run:
         if not math.isfinite(step_loss):
             raise BertkitError(f"training diverged at epoch {state['epoch']}, step {state['step'] + 1} (loss {step_loss}); "
                                + _last_good(self.out) + "; try a lower --lr or a longer warmup")
-        _optimizer_step(self.params, self.optimizer, self.scheduler, self.scaler, self.optim.max_grad_norm)
+        apply_gradients(self.params, self.optimizer, self.scheduler, self.optim.max_grad_norm, self.scaler)
         state["step"] += 1
         state["epoch_loss"] = state.get("epoch_loss", 0.0) + step_loss * total["rows"]
         state["epoch_rows"] = state.get("epoch_rows", 0.0) + total["rows"]
@@ -363,21 +363,6 @@ def _train_step(job, ddp, params, batch, ctx, opts, forward_context, scaler, cou
     return total, step_sums, step_loss
 
 
-def _optimizer_step(params, optimizer, scheduler, scaler, max_grad_norm: float) -> None:
-    """Unscale (fp16), clip, step, advance the schedule, clear the gradients."""
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    if max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
 def _find_resume(out: Path, opts: LoopOptions, job: TrainingJob, ctx: DistributedContext):
     """The checkpoint to resume from (or None), after the checks that must fail before anything is written."""
     if not (opts.resume or opts.resume_or_start):
@@ -437,5 +422,4 @@ def format_results(results: dict) -> str:
                      for split, m in results.items())
 
 
-__all__ = ["LoopOptions", "OptimizerSpec", "TrainingJob", "TrainResult", "run_training", "say", "format_results",
-           "remove_checkpoints", "write_checkpoint"]
+__all__ = ["LoopOptions", "OptimizerSpec", "TrainingJob", "TrainResult", "run_training", "say", "format_results"]

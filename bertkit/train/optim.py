@@ -141,12 +141,18 @@ def linear_warmup_decay(optimizer: Optimizer, warmup_steps: int, total_steps: in
     return LambdaLR(optimizer, factor, last_epoch=last_epoch)
 
 
-def apply_gradients(params, optimizer: Optimizer, scheduler, max_grad_norm: float) -> None:
-    """One optimizer step as every training loop here takes it: clip (if > 0), step, advance the
-    schedule, clear the gradients."""
+def apply_gradients(params, optimizer: Optimizer, scheduler, max_grad_norm: float, scaler=None) -> None:
+    """One optimizer step as every training loop here takes it: unscale (fp16's gradient scaler, if
+    given), clip (if > 0), step, advance the schedule, clear the gradients."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
 

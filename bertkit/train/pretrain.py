@@ -261,8 +261,11 @@ def _pretrain(opts: PretrainOptions, ctx: distributed.DistributedContext) -> Pat
                        resume_same_steps=False,  # pretraining may be resumed with more --steps
                        tensorboard=True, progress=opts.progress)
     optim = OptimizerSpec(opts.optimizer, opts.lr, opts.weight_decay, opts.epsilon, opts.warmup_ratio, opts.max_grad_norm)
-    result = run_training(job, model, ctx, out, opts.steps, optim, loop, before_training=lambda: ctx.is_main and (
-        out / "options.json").write_text(json.dumps(info["options"], indent=2) + "\n"))
+    def write_options():  # once the resume checks have passed: a refused run overwrites nothing
+        if ctx.is_main:
+            (out / "options.json").write_text(json.dumps(info["options"], indent=2) + "\n")
+
+    result = run_training(job, model, ctx, out, opts.steps, optim, loop, before_training=write_options)
     final = out / "final"
     bytes_read = ctx.gather_object(data.bytes_read)  # shard bytes each rank read: about 1/N of the data each
     if ctx.is_main:
