@@ -25,6 +25,10 @@ def fill_mask(model: BertForPreTraining, texts: Sequence[str], top_k: int = 5, b
     """For each text, for each [MASK] in it (left to right): the `top_k` (token, probability) predictions."""
     if not isinstance(model, BertForPreTraining):
         raise BertkitError("fill_mask needs a model with the masked-LM head (a pretraining checkpoint)")
+    missing = [m for m in getattr(model, "load_report", {}).get("missing", []) if m.startswith("cls.predictions")]
+    if missing:  # loaded with head="pretraining" from a checkpoint that lacks it: the head is random
+        raise BertkitError(f"{model.load_report.get('directory', 'the checkpoint')}: has no masked-LM head "
+                           f"({missing[0]} is missing); fill-mask needs a pretraining checkpoint")
     tok = model.tokenizer
     if tok is None or tok.mask_id is None:
         raise BertkitError("fill_mask needs a tokenizer whose vocabulary has [MASK]")
@@ -60,3 +64,9 @@ def fill_mask(model: BertForPreTraining, texts: Sequence[str], top_k: int = 5, b
             at += n
     model.train(was_training)
     return out
+
+
+def as_records(masks: list[list[tuple[str, float]]]) -> list[list[dict]]:
+    """One text's `fill_mask` result as JSON records, [[{"token", "score"}, ...] per [MASK]] (what
+    `bertkit fill-mask` prints and `serve`'s /fill-mask returns)."""
+    return [[{"token": t, "score": round(p, 6)} for t, p in mask] for mask in masks]

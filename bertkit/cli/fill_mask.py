@@ -21,7 +21,7 @@ def run(args):
     from ..checkpoint import load
     from ..device import resolve_device, resolve_precision
     from ..errors import BertkitError
-    from ..masked_lm import fill_mask
+    from ..masked_lm import as_records, fill_mask
     from ..textio import iter_lines
 
     if args.texts and args.file:
@@ -35,14 +35,8 @@ def run(args):
     for i, text in enumerate(texts, 1):
         if "[MASK]" not in text:
             raise BertkitError(f"{'input' if args.texts else (args.file or 'stdin') + ' line'} {i}: no [MASK] token in {text[:60]!r}")
-    model = load(args.model, head="pretraining")
-    missing = [m for m in model.load_report["missing"] if m.startswith("cls.predictions")]
-    if missing:
-        raise BertkitError(f"--model {args.model}: the checkpoint has no masked-LM head ({missing[0]} is missing); "
-                           "fill-mask needs a pretraining checkpoint")
-    model.to(device)
+    model = load(args.model, head="pretraining", device=device)
     results = fill_mask(model, texts, top_k=args.top_k, batch_size=args.batch_size, precision=precision)
     for text, masks in zip(texts, results):
-        print(json.dumps({"text": text, "masks": [[{"token": t, "score": round(s, 6)} for t, s in m] for m in masks]},
-                         ensure_ascii=False))
+        print(json.dumps({"text": text, "masks": as_records(masks)}, ensure_ascii=False))
     sys.stdout.flush()

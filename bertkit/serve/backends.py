@@ -196,14 +196,12 @@ class TorchBackend(Backend):
 
     def fill_mask(self, texts, top_k):
         """Per text, per [MASK]: [{token, score}] (the body `bertkit fill-mask` prints per line)."""
-        from ..masked_lm import fill_mask
+        from ..masked_lm import as_records, fill_mask
         from ..model import BertForPreTraining
 
-        if not isinstance(self.model, BertForPreTraining) or any(
-                m.startswith("cls.predictions") for m in self.model.load_report.get("missing", [])):
+        if not isinstance(self.model, BertForPreTraining):
             return super().fill_mask(texts, top_k)
-        return [[[{"token": t, "score": round(p, 6)} for t, p in mask] for mask in masks]
-                for masks in fill_mask(self.model, texts, top_k=top_k, precision=self.precision)]
+        return [as_records(masks) for masks in fill_mask(self.model, texts, top_k=top_k, precision=self.precision)]
 
 
 class ExportBackend(Backend):
