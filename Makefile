@@ -23,5 +23,7 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/bertkit demo
 
+# lint-imports: the package's import layers (pyproject.toml [tool.importlinter]), before the tests.
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q

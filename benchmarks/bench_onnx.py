@@ -2,11 +2,10 @@
 
 Contenders (all fp32 unless named int8; tokenization is done once beforehand and not timed):
   bertkit            bertkit's PyTorch BertModel (unpadded), torch.inference_mode()
-  bertkit+packed     the same with MKL-packed Linear weights (bertkit.packed_linear)
-  bertkit+scripted   bertkit+packed with the TorchScript encoder for unpadded inputs of up to 256 tokens
-                     (bertkit.scripted_encoder with native=False)
-  bertkit+native     the same function in compiled kernels (bertkit.native_encoder; what
-                     `bertkit serve`'s PyTorch backend runs where a C++ compiler is present)
+  bertkit+packed     the same with MKL-packed Linear weights (bertkit.cpu.optimize_for_cpu with native=False)
+  bertkit+native     bertkit+packed with the encoder in compiled kernels for unpadded inputs of up to
+                     256 tokens (bertkit.cpu.optimize_for_cpu; what `bertkit serve`'s PyTorch backend
+                     runs where a C++ compiler is present)
   bertkit+compile    the same under torch.compile(dynamic=True)            (with --compile)
   ort-transformers   transformers' BertModel through the standard ONNX path (torch.onnx.export, then
                      onnxruntime.transformers.optimizer's BERT fusions), ONNX Runtime
@@ -43,8 +42,7 @@ import numpy as np
 import torch
 
 import bertkit
-from bertkit.packed_linear import pack_linear_weights
-from bertkit.scripted_encoder import use_scripted_encoder
+from bertkit.cpu import optimize_for_cpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_encoder import DEFAULT_DATA, read_sentences  # noqa: E402
@@ -118,11 +116,9 @@ def build_contenders(args, workdir: Path, model, directory):
     feeds = lambda b: {"input_ids": b.np_ids, "token_type_ids": b.np_segs, "attention_mask": b.np_mask}  # noqa: E731
     out = {}
     out["bertkit"] = lambda b: model(b.input_ids, b.segment_ids, b.valid_lengths)
-    packed = pack_linear_weights(copy.deepcopy(model))
+    packed = optimize_for_cpu(copy.deepcopy(model), native=False)
     out["bertkit+packed"] = lambda b: packed(b.input_ids, b.segment_ids, b.valid_lengths)
-    scripted = use_scripted_encoder(pack_linear_weights(copy.deepcopy(model)), native=False)
-    out["bertkit+scripted"] = lambda b: scripted(b.input_ids, b.segment_ids, b.valid_lengths)
-    native = use_scripted_encoder(pack_linear_weights(copy.deepcopy(model)))
+    native = optimize_for_cpu(copy.deepcopy(model))
     out["bertkit+native"] = lambda b: native(b.input_ids, b.segment_ids, b.valid_lengths)
     if args.compile:
         compiled = torch.compile(model, dynamic=True)
@@ -170,9 +166,9 @@ def time_contenders(contenders, batches, passes):
 
 def parity(contenders, model, batches):
     """max |contender - bertkit| of the last hidden states at real tokens, first 3 batches (fp32 ones;
-    bertkit+scripted/native take their own path only for unpadded batches, so their check is at batch 1)."""
+    bertkit+native takes its own path only for unpadded batches, so its check is at batch 1)."""
     out = {}
-    for name in ("bertkit+scripted", "bertkit+native", "ort-transformers", "ort-bertkit"):
+    for name in ("bertkit+native", "ort-transformers", "ort-bertkit"):
         if name in contenders:
             worst = 0.0
             for b in batches[:3]:

@@ -51,7 +51,7 @@ def main():
     p.add_argument("--json", metavar="F", help="also write the figures here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from bertkit.cpu_allocator import keep_freed_memory
+    from bertkit.cpu.allocator import keep_freed_memory
 
     keep_freed_memory()  # as the `bertkit` command does; one process, so both models get it
 
@@ -60,7 +60,7 @@ def main():
     import bertkit
     from bertkit.qa.features import make_features
     from bertkit.qa.squad_data import read_squad
-    from bertkit.qa.train import span_loss
+    from bertkit.train.squad import span_loss
     from bertkit.batches import random_batches, sorted_batches
     from bertkit.train.optim import apply_gradients, build_optimizer, linear_warmup_decay
 

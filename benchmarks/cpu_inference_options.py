@@ -1,19 +1,20 @@
 """CPU inference options of bertkit's model, each alone: plain ops, fused layers, MKL-packed weights,
-the scripted encoder, and a classifier's [CLS]-only last layer.
+the native encoder, and a classifier's [CLS]-only last layer.
 
     python benchmarks/cpu_inference_options.py --inputs squad --threads 1
     python benchmarks/cpu_inference_options.py --inputs sentences --threads 2
     python benchmarks/cpu_inference_options.py --inputs classifier --threads 2 --rounds 7
 
   plain         every Linear through addmm, GELU and residual adds as separate ops
+                (optimize_for_cpu(packed_rows=0, fuse=False, native=False))
   fused         bertkit's default: oneDNN Linear with bias, GELU or residual add in the GEMM
-                (bertkit/fused_linear.py)
-  packed        MKL-packed weights for inputs of up to 256 rows (bertkit/packed_linear.py), no fusion
-  fused+packed  both: packed up to 256 rows, fused above
-  +scripted     fused+packed with the TorchScript encoder for unpadded inputs of up to 256 tokens
-                (bertkit/scripted_encoder.py, native=False)
-  +native       the same with the compiled kernels (bertkit/native_encoder.py; what `bertkit serve`'s
-                PyTorch backend runs where a C++ compiler is present)
+                (bertkit/cpu/onednn.py)
+  packed        MKL-packed weights for inputs of up to 256 rows (bertkit/cpu/packed_linear.py), no
+                fusion (optimize_for_cpu(fuse=False, native=False))
+  fused+packed  both: packed up to 256 rows, fused above (optimize_for_cpu(native=False))
+  +native       fused+packed with the compiled encoder kernels for unpadded inputs of up to 256
+                tokens (bertkit/cpu/native/; optimize_for_cpu(model), what `bertkit serve`'s PyTorch
+                backend runs where a C++ compiler is present)
 Inputs: "squad", three batches of 64 windows of about 120, 213 and 300 tokens (seeded random ids,
 the shapes of SQuAD prediction); "sentences", the first 150 SST-2 dev sentences one at a time;
 "classifier", all of SST-2 dev in length-sorted batches of 32 through a sequence classifier (the
@@ -33,10 +34,7 @@ from pathlib import Path
 import torch
 
 import bertkit
-import bertkit.fused_linear
-from bertkit.fused_linear import can_fuse
-from bertkit.packed_linear import pack_linear_weights
-from bertkit.scripted_encoder import use_scripted_encoder
+from bertkit.cpu import optimize_for_cpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_encoder import DEFAULT_DATA, read_sentences  # noqa: E402
@@ -47,10 +45,10 @@ def main():
     p.add_argument("--inputs", choices=("squad", "sentences", "classifier"), default="squad")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--keep-freed-memory", action="store_true", help="apply bertkit.cpu_allocator first, as the bertkit command does")
+    p.add_argument("--keep-freed-memory", action="store_true", help="apply bertkit.cpu.allocator first, as the bertkit command does")
     args = p.parse_args()
     if args.keep_freed_memory:
-        from bertkit.cpu_allocator import keep_freed_memory
+        from bertkit.cpu.allocator import keep_freed_memory
 
         keep_freed_memory()
     torch.set_num_threads(args.threads)
@@ -60,8 +58,7 @@ def main():
         variants, inputs = encoder_variants(args.inputs)
 
     def run(name):
-        call, fuse_rule = variants[name]
-        bertkit.fused_linear.can_fuse = fuse_rule
+        call = variants[name]
         t = time.perf_counter()
         with torch.inference_mode():
             for x in inputs:
@@ -74,7 +71,6 @@ def main():
     for r in range(args.rounds):
         for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
             times[name].append(run(name))
-    bertkit.fused_linear.can_fuse = can_fuse
     first = next(iter(variants))  # the baseline of the ratios
     baseline = statistics.median(times[first])
     print(f"{args.inputs}, {args.threads} thread(s), median of {args.rounds} rounds, "
@@ -85,11 +81,13 @@ def main():
 
 
 def encoder_variants(kind):
-    """name -> (callable, fused_linear's rule) over a QA model, and the inputs."""
+    """name -> callable over a QA model, each its own copy of the same weights, and the inputs."""
     model = bertkit.load(bertkit.resolve("all-minilm-l6-v2"), head="question_answering").eval()
-    packed = pack_linear_weights(copy.deepcopy(model))
-    scripted = use_scripted_encoder(pack_linear_weights(copy.deepcopy(model)), native=False)
-    native = use_scripted_encoder(pack_linear_weights(copy.deepcopy(model)))
+    variant = lambda **knobs: optimize_for_cpu(copy.deepcopy(model), **knobs)  # noqa: E731
+    plain = variant(packed_rows=0, fuse=False, native=False)
+    packed = variant(fuse=False, native=False)
+    fused_packed = variant(native=False)
+    native = variant()
     if kind == "squad":
         g = torch.Generator().manual_seed(0)
         inputs = []
@@ -101,9 +99,7 @@ def encoder_variants(kind):
     else:
         encoded = (model.tokenizer([s], max_len=512) for s in read_sentences(DEFAULT_DATA, 150))
         inputs = [(b.input_ids, b.segment_ids, b.valid_lengths) for b in encoded]
-    never = lambda *a, **k: False  # noqa: E731
-    return {"plain": (model, never), "fused": (model, can_fuse), "packed": (packed, never),
-            "fused+packed": (packed, can_fuse), "+scripted": (scripted, can_fuse), "+native": (native, can_fuse)}, inputs
+    return {"plain": plain, "fused": model, "packed": packed, "fused+packed": fused_packed, "+native": native}, inputs
 
 
 def classifier_variants():
@@ -115,7 +111,7 @@ def classifier_variants():
     batches = (encoder.tokenizer([sentences[i] for i in order[j:j + 32]]) for j in range(0, len(order), 32))
     inputs = [(b.input_ids, b.segment_ids, b.valid_lengths) for b in batches]
     full = lambda *x: clf.classifier(clf.bert(*x)[1])  # noqa: E731
-    return {"full last layer": (full, can_fuse), "cls-only": (clf, can_fuse)}, inputs
+    return {"full last layer": full, "cls-only": clf}, inputs
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bertkit.checkpoint import resolve
+from bertkit.pretrained import resolve
 from bertkit.tasks.metrics import compute_metrics
 from bertkit.tasks.readers import get_task, load_task_data
 from bertkit.batches import random_batches, sorted_batches

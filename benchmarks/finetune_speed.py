@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import bertkit
-from bertkit.checkpoint import resolve
+from bertkit.pretrained import resolve
 from bertkit.tasks.readers import get_task, load_task_data
 from bertkit.batches import random_batches
 from bertkit.train.finetune import Encoded

@@ -1,4 +1,4 @@
-"""Up to how many tokens the native encoder kernels beat the layer-by-layer path (use_scripted_encoder's
+"""Up to how many tokens the native encoder kernels beat the layer-by-layer path (optimize_for_cpu's
 `max_tokens`): one unpadded input of each shape, both paths with MKL-packed weights, interleaved calls,
 medians. Inputs are random token ids (the cost depends on the shape only).
 
@@ -15,8 +15,7 @@ import time
 import torch
 
 import bertkit
-from bertkit.packed_linear import pack_linear_weights
-from bertkit.scripted_encoder import use_scripted_encoder
+from bertkit.cpu import optimize_for_cpu
 
 SHAPES = [(1, 64), (1, 128), (2, 128), (1, 256), (4, 64), (1, 384), (8, 64), (1, 512), (16, 32)]
 
@@ -29,8 +28,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = bertkit.load(args.model).eval()
-    layered = pack_linear_weights(copy.deepcopy(model))
-    native = use_scripted_encoder(pack_linear_weights(copy.deepcopy(model)), max_tokens=1 << 30)
+    layered = optimize_for_cpu(copy.deepcopy(model), native=False)
+    native = optimize_for_cpu(copy.deepcopy(model), max_tokens=1 << 30)
     print(f"{args.model}, {args.threads} threads, medians of {args.rounds} interleaved calls")
     g = torch.Generator().manual_seed(0)
     for batch, seqlen in SHAPES:
@@ -48,7 +47,7 @@ def main(argv=None):
         ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
         print(f"{batch:>3} x {seqlen:<4} ({batch * seqlen:>4} tokens)  layer-by-layer {ms['layer-by-layer']:7.2f} ms"
               f"  native {ms['native']:7.2f} ms  native {ms['layer-by-layer'] / ms['native']:.2f}x", flush=True)
-    assert native.scripted_encoder.runs_native, "the native kernels did not run (see the warning)"
+    assert native.cpu_encoder is not None and native.cpu_encoder.ready, "the native kernels did not run (see the warning)"
 
 
 if __name__ == "__main__":

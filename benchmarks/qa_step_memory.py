@@ -17,7 +17,7 @@ import json, resource, sys, torch
 sys.path.insert(0, {bench!r})
 torch.set_num_threads(1)
 import bertkit
-from bertkit.qa.train import span_loss
+from bertkit.train.squad import span_loss
 directory = bertkit.resolve({model!r})
 if {which!r} == "bertkit":
     model = bertkit.load(directory, head="question_answering")

@@ -51,7 +51,7 @@ def main():
     p.add_argument("--bucket-batches", type=int, default=1, metavar="N", help="length-sorted groups of N batches (1: random)")
     p.add_argument("--threads", type=int)
     args = p.parse_args()
-    from bertkit.cpu_allocator import keep_freed_memory
+    from bertkit.cpu.allocator import keep_freed_memory
 
     keep_freed_memory()  # the process setting `bertkit squad` runs with: only the network differs
     if args.threads:
@@ -66,8 +66,8 @@ def main():
     from bertkit.qa.postprocess import answer_all
     from bertkit.qa.squad_data import read_squad
     from bertkit.device import peak_rss_mb
-    from bertkit.qa.job import SquadConfig
-    from bertkit.qa.train import train_spans
+    from bertkit.train.squad import SquadConfig
+    from bertkit.train.squad import train_spans
     from bertkit.tokenizer import BertTokenizer
     from bertkit.train.distributed import DistributedContext
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bertkit.checkpoint import resolve
+from bertkit.pretrained import resolve
 from bertkit.tagging.conll import load_tagging_data
 from bertkit.batches import random_batches, sorted_batches
 from bertkit.train.optim import apply_gradients, build_optimizer, linear_warmup_decay, warmup_steps_for

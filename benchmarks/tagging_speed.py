@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 import bertkit
-from bertkit.checkpoint import resolve
+from bertkit.pretrained import resolve
 from bertkit.tagging.conll import load_tagging_data
-from bertkit.tagging.train import TaggedWindows
+from bertkit.tagging.features import TaggedWindows
 from bertkit.batches import random_batches
 from bertkit.train.finetune import FinetuneConfig
 from bertkit.train.optim import param_groups

@@ -3,6 +3,7 @@
     import bertkit
     model = bertkit.load("all-minilm-l6-v2")      # or a checkpoint directory
     seq, pooled = model(model.tokenizer(["a crane is flying"]))
+    bertkit.predict(bertkit.load("out/sst2"), ["a fine film"])      # also bertkit.tag, bertkit.answer, bertkit.fill_mask
 
 Names are imported on first use (PEP 562), so `import bertkit` does not load torch: commands that
 never touch a model (`bertkit pretrain-data`, `tokenize`, `vocab`) start in a fraction of a second.
@@ -21,12 +22,12 @@ configure_threads()
 
 # public name -> module that defines it
 _EXPORTS = {
-    "load": "checkpoint",
-    "resolve": "checkpoint",
+    "load": "pretrained",
+    "resolve": "pretrained",
     "save": "checkpoint",
     "BertConfig": "config",
     "PRESETS": "config",
-    "BertEmbedding": "embedding",
+    "BertEmbedding": "inference.embedding",
     "BertkitError": "errors",
     "BertModel": "model",
     "BertForPreTraining": "model",
@@ -34,7 +35,10 @@ _EXPORTS = {
     "BertForTokenClassification": "model",
     "BertForQuestionAnswering": "model",
     "BertTokenizer": "tokenizer",
-    "fill_mask": "masked_lm",
+    "fill_mask": "inference.fill_mask",
+    "predict": "inference.predict",
+    "tag": "inference.tag",
+    "answer": "inference.answer",
 }
 
 __all__ = sorted(_EXPORTS)

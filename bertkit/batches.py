@@ -13,11 +13,22 @@ batch out of any list of rows; these functions only choose the rows.
   encoder, every step does about the same work whatever the lengths.
 - `sorted_batches`: inference, sorted by length so each batch pads little; order does not matter there.
 - `split_rows`: one rank's micro-batches of a global batch, for data-parallel training.
+- `pad_rows`: the chosen rows' token ids as one padded array.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_value: int = 0) -> np.ndarray:
+    """A (len(rows), longest row) int64 array: each row's values, then `pad_value`."""
+    out = np.full((len(rows), max((len(r) for r in rows), default=0)), pad_value, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
 
 
 def random_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, bucket: int = 1) -> list[np.ndarray]:

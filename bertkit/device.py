@@ -130,3 +130,16 @@ def peak_rss_mb() -> float | None:
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
     except (ImportError, OSError):
         return None
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module):
+    """Inference inside a training run or a caller's code: the model in eval mode without gradients,
+    put back in the mode it was in afterwards (the caller may be mid-training)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)

@@ -11,9 +11,11 @@ it computes:
 - Q, K and V are one (H, 3H) matrix multiply. Checkpoints still store `query`/`key`/`value`
   separately in Hugging Face names; `checkpoint.py` splits and joins them.
 - CPU inference runs the feed-forward GELU and both residual adds inside the GEMMs
-  (`fused_linear.py`; equal up to float32 rounding).
+  (`cpu/onednn.py`; equal up to float32 rounding).
 - CPU training draws dropout masks from a cheaper generator and does attention's softmax, dropout
-  and product with V in one autograd step (`dropout.py`; the same distribution).
+  and product with V in one autograd step (`cpu/dropout.py`; the same distribution).
+These come through the few operations of `cpu/ops.py` (which kernel runs: `cpu/dispatch.py`);
+`bertkit.cpu.optimize_for_cpu` adds MKL-packed weights and compiled kernels for small inputs.
 The MLM head is evaluated only at the masked positions it is given, not at every token, and so is
 the last layer's work after attention: pretraining reads the final hidden states only at the masked
 positions and at [CLS], so the last block's attention output projection and feed-forward run on
@@ -32,9 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import BertConfig
-from .cpu.threads import fit_threads
-from .dropout import Dropout, attention_with_dropout
-from .fused_linear import ACTIVATIONS, fused_linear, graph_capture
+from .cpu.ops import ACTIVATIONS, Dropout, attention, fit_threads, graph_capture, linear
 from .padding import packed_rows, real_token_indices, repad, unpad
 
 
@@ -117,32 +117,18 @@ class BertLayer(nn.Module):
         B*T; `out_packed`: the same rows in the packed layout) of its output, by default every real
         token's. With `offsets` (a padded batch on CUDA) the packed rows go to SDPA as a nested
         jagged tensor: no padding mask, so the flash / memory-efficient kernels can run."""
-        qkv = fused_linear(self.qkv, x)  # (N, 3H)
+        qkv = linear(self.qkv, x)  # (N, 3H)
         if offsets is not None:
             out = jagged_attention(qkv, offsets, self.num_heads, self.head_dim, self.attn_dropout if self.training else 0.0)
             return out if out_packed is None else out.index_select(0, out_packed)
         if indices is not None:
             qkv = repad(qkv, indices, batch, seqlen)  # (B, T, 3H), zeros at padding
         q, k, v = qkv.view(batch, seqlen, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if self.training and self.attn_dropout > 0 and qkv.device.type == "cpu":
-            out = self.eager_attention(q, k, v, key_mask)
-        else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=key_mask, dropout_p=self.attn_dropout if self.training else 0.0
-            )  # (B, heads, T, head_dim)
+        out = attention(q, k, v, key_mask, self.attn_dropout, self.training)  # (B, heads, T, head_dim)
         out = out.transpose(1, 2).reshape(batch * seqlen, -1)
         if out_rows is None:
             out_rows = indices
         return out if out_rows is None else out.index_select(0, out_rows)
-
-    def eager_attention(self, q, k, v, key_mask):
-        """softmax(q k^T / sqrt(d) + mask) with dropout, times v. For CPU training: there PyTorch's
-        SDPA has no fused kernel with dropout, and its math path's `bernoulli_` mask and
-        masked-softmax bookkeeping take about as long as the layer's forward matrix multiplies (dropout.py)."""
-        scores = torch.matmul(q * self.head_dim**-0.5, k.transpose(-1, -2))  # (B, heads, T, T)
-        if key_mask is not None:
-            scores.add_(scores.new_zeros(key_mask.shape).masked_fill_(~key_mask, float("-inf")))
-        return attention_with_dropout(scores, v, self.attn_dropout)
 
     def forward(self, x, indices, batch, seqlen, key_mask, keep=None, offsets=None):
         """`keep`: optional (packed rows, flat rows) of the only tokens whose outputs are wanted; the
@@ -153,9 +139,9 @@ class BertLayer(nn.Module):
             keep_packed, keep_flat = keep
             a = self.attention(x, indices, batch, seqlen, key_mask, out_rows=keep_flat, offsets=offsets, out_packed=keep_packed)
             x = x.index_select(0, keep_packed)
-        if not self.training:  # no dropout: on CPU inference, GELU and residual adds inside the GEMMs (fused_linear.py)
-            x = self.attn_norm(fused_linear(self.attn_out, a, residual=x))
-            return self.ffn_norm(fused_linear(self.ffn_out, fused_linear(self.ffn_in, x, self.act_name), residual=x))
+        if not self.training:  # no dropout: on CPU inference, GELU and residual adds inside the GEMMs (cpu/ops.py)
+            x = self.attn_norm(linear(self.attn_out, a, residual=x))
+            return self.ffn_norm(linear(self.ffn_out, linear(self.ffn_in, x, self.act_name), residual=x))
         x = self.attn_norm(x + self.dropout(self.attn_out(a)))
         return self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
 
@@ -170,7 +156,7 @@ class BertModel(nn.Module):
         self.layers = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if add_pooler else None
         self.tokenizer = None  # attached by `bertkit.load`
-        self.scripted_encoder = None  # attached by `scripted_encoder.use_scripted_encoder`
+        self.cpu_encoder = None  # attached by `bertkit.cpu.optimize_for_cpu`
         self.apply(lambda m: init_weights(m, cfg))
 
     def encode_packed(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None, rows=None):
@@ -217,8 +203,8 @@ class BertModel(nn.Module):
             raise ValueError("this BertModel has no pooler (add_pooler=False)")
         input_ids, segment_ids, valid_lengths = _unpack_batch(input_ids, segment_ids, valid_lengths)
         fit_threads()  # as many threads as other processes leave CPUs free (cpu/threads.py)
-        if self.scripted_encoder is not None:
-            out = self.scripted_encoder(input_ids, segment_ids, valid_lengths, attention_mask, cls_only=True)
+        if self.cpu_encoder is not None:
+            out = self.cpu_encoder(input_ids, segment_ids, valid_lengths, attention_mask, cls_only=True)
             if out is not None:
                 return out[1]
         cls_rows = torch.arange(input_ids.shape[0], device=input_ids.device) * input_ids.shape[1]
@@ -228,8 +214,8 @@ class BertModel(nn.Module):
     def forward(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None):
         input_ids, segment_ids, valid_lengths = _unpack_batch(input_ids, segment_ids, valid_lengths)
         fit_threads()  # as many threads as other processes leave CPUs free (cpu/threads.py)
-        if self.scripted_encoder is not None:  # small unpadded CPU inputs at inference; None where it does not apply
-            out = self.scripted_encoder(input_ids, segment_ids, valid_lengths, attention_mask)
+        if self.cpu_encoder is not None:  # small unpadded CPU inputs at inference; None where it does not apply
+            out = self.cpu_encoder(input_ids, segment_ids, valid_lengths, attention_mask)
             if out is not None:
                 return out
         batch, seqlen = input_ids.shape
@@ -305,12 +291,6 @@ class BertForSequenceClassification(nn.Module):
         pooled = self.bert.pooled_output(input_ids, segment_ids, valid_lengths, attention_mask)
         return self.classifier(self.dropout(pooled))
 
-    def predict(self, texts, texts_b=None, **kwargs):
-        """[{"label", "score"}] per text (or pair): the label and its probability, or a regression score."""
-        from .tasks.predict import predict
-
-        return predict(self, texts, texts_b, **kwargs)
-
 
 class BertForTokenClassification(nn.Module):
     """Every token -> dropout -> linear. Returns logits (B, T, num_labels)."""
@@ -327,12 +307,6 @@ class BertForTokenClassification(nn.Module):
         seq, _ = self.bert(input_ids, segment_ids, valid_lengths, attention_mask)
         return self.classifier(self.dropout(seq))
 
-    def predict(self, texts, **kwargs):
-        """[{"entities": [{"entity", "type", "start", "end", "score"}]}] per plain text (see tagging/predict.py)."""
-        from .tagging.predict import predict
-
-        return predict(self, texts, **kwargs)
-
 
 class BertForQuestionAnswering(nn.Module):
     """Span extraction: every token -> (start, end) logits, each (B, T)."""
@@ -348,12 +322,6 @@ class BertForQuestionAnswering(nn.Module):
         seq, _ = self.bert(input_ids, segment_ids, valid_lengths, attention_mask)
         start, end = self.qa_outputs(seq).unbind(-1)
         return start, end
-
-    def answer(self, question: str, context: str, **kwargs) -> dict:
-        """{"text", "start", "end", "score"}: the answer's span in `context` ("" if none; see qa/answer.py)."""
-        from .qa.answer import answer
-
-        return answer(self, question, context, **kwargs)
 
 
 def init_weights(module: nn.Module, cfg: BertConfig) -> None:

@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from .batches import pad_rows
 from .errors import BertkitError
 from .textio import iter_lines, read_json
 
@@ -206,12 +207,8 @@ class BertTokenizer:
         import torch  # here, not at the top: data pipelines use this module without ever loading torch
 
         lengths = np.array([len(e) for e in encodings], dtype=np.int64)
-        width = int(lengths.max()) if len(lengths) else 0
-        ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
-        segs = np.zeros((len(encodings), width), dtype=np.int64)
-        for row, e in enumerate(encodings):
-            ids[row, : len(e)] = e.ids
-            segs[row, : len(e)] = e.segment_ids
+        ids = pad_rows([e.ids for e in encodings], self.pad_id)
+        segs = pad_rows([e.segment_ids for e in encodings])
         return EncodedBatch(torch.from_numpy(ids), torch.from_numpy(segs), torch.from_numpy(lengths), encodings)
 
     # ---- decoding ---------------------------------------------------------------------------

@@ -61,10 +61,12 @@ DEFAULT_VARIANTS = {"tags": ["bertkit", "random-batches", "torch-dropout", "eps-
 
 # ---- patches (applied in the child process) -----------------------------------------------------
 def torch_dropout():
-    """PyTorch's dropout everywhere bertkit uses its byte-mask dropout."""
-    import bertkit.dropout
+    """PyTorch's dropout everywhere bertkit uses its byte-mask dropout: the kernel choice for "dropout"
+    (bertkit/cpu/dispatch.py) always "torch", as bertkit.cpu.ops asks it for dropout and attention."""
+    import bertkit.cpu.ops as ops
 
-    bertkit.dropout._fast_path = lambda x, p, training: False
+    choose = ops.kernel
+    ops.kernel = lambda op, *args, **kwargs: "torch" if op == "dropout" else choose(op, *args, **kwargs)
 
 
 def full_last_layer():

@@ -12,7 +12,8 @@ import torch
 
 import bertkit
 from bertkit.tagging.conll import read_conll
-from bertkit.tagging.train import TaggedWindows, word_probabilities
+from bertkit.tagging.features import TaggedWindows
+from bertkit.tagging.inference import word_probabilities
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "conll2003_testa_minilm_predictions.txt.gz"
 

@@ -122,6 +122,36 @@ def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torc
     return model
 
 
+def tiny_checkpoint(directory: Path, tokenizer, head: str = "encoder", *, labels: list[str] | None = None,
+                    seed: int = 0, preset: str | None = None, randomize: bool = False) -> Path:
+    """A small checkpoint written by bertkit, with `tokenizer` (a BertTokenizer, or a list of tokens
+    for one). The size: `preset` (e.g. "bert_2_128_2"), else 2 layers of width 32 (2 heads, ffn 64,
+    64 positions). `head` is one of checkpoint.HEADS (task heads with `labels`, else 2 labels;
+    regression 1). The weights: BERT's initialisation after torch.manual_seed(seed), or with
+    `randomize` every tensor nonzero (randomize_), so a tensor read under a wrong name shows."""
+    from bertkit import BertConfig, BertTokenizer, save
+    from bertkit.checkpoint import HEADS
+
+    if not isinstance(tokenizer, BertTokenizer):
+        tokenizer = BertTokenizer({t: i for i, t in enumerate(tokenizer)})
+    if preset is not None:
+        cfg = BertConfig.from_preset(preset, vocab_size=tokenizer.vocab_size)
+    else:
+        cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)
+    cls = HEADS[head][0]
+    torch.manual_seed(seed)
+    if head in ("classification", "token_classification"):
+        model = cls(cfg, num_labels=len(labels) if labels else 2)
+    elif head == "regression":
+        model = cls(cfg, num_labels=1)
+    else:
+        model = cls(cfg)
+    if randomize:
+        randomize_(model, seed=seed)
+    return save(model, directory, tokenizer=tokenizer, info={"labels": labels} if labels else None)
+
+
 def max_abs_diff_real(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
     """max |a - b| over the real tokens (mask (B, T) True) of two (B, T, ...) tensors."""
     return float((a.float() - b.float())[mask].abs().max())

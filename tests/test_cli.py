@@ -13,7 +13,7 @@ import pytest
 from conftest import assert_cli_error, run_cli
 
 import bertkit
-from bertkit.embedding import BertEmbedding
+from bertkit.inference.embedding import BertEmbedding
 from bertkit.model import count_parameters
 
 LONG = "one two three four five six seven eight nine ten eleven twelve"

@@ -1,4 +1,4 @@
-"""bertkit.cpu_allocator: glibc keeps freed memory, so repeated large allocations stop faulting pages in."""
+"""bertkit.cpu.allocator: glibc keeps freed memory, so repeated large allocations stop faulting pages in."""
 
 import os
 import subprocess
@@ -8,7 +8,7 @@ import pytest
 
 CHILD = """
 import resource, sys, torch
-from bertkit.cpu_allocator import keep_freed_memory
+from bertkit.cpu.allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "on" else False
 torch.empty(1)
 def faults():

@@ -6,11 +6,10 @@ import torch.nn as nn
 
 from bertkit import device as dev
 from bertkit.config import BertConfig
-from bertkit.dropout import _fast_path
+from bertkit.cpu.dispatch import kernel
+from bertkit.cpu.packed_linear import PackedLinear
 from bertkit.errors import BertkitError
-from bertkit.fused_linear import can_fuse
 from bertkit.model import BertModel, jagged_offsets, jagged_qkv, uses_jagged_attention
-from bertkit.packed_linear import PackedLinear
 
 
 def test_auto_and_cpu_resolve_to_the_cpu_here(monkeypatch):
@@ -86,25 +85,28 @@ def test_to_device_moves_nested_batches():
 
 # ---- no CPU-only kernel for a tensor that is not a CPU float32 one --------------------------------
 def test_cpu_only_paths_refuse_tensors_off_the_cpu():
-    """The byte-mask dropout, the fused oneDNN / packed MKL linears and the TorchScript/native encoder
-    check the tensor's device (and dtype) before they run; a CUDA tensor is, like this meta one, not a CPU tensor."""
+    """The byte-mask dropout, the fused oneDNN / packed MKL linears and the native encoder check the
+    tensor's device (and dtype) before they run (cpu/dispatch.py); a CUDA tensor is, like this meta one,
+    not a CPU tensor."""
     x = torch.empty(4, 8, device="meta")
     lin = nn.Linear(8, 8, device="meta")
     with torch.no_grad():
-        assert not can_fuse(x, lin)
-    assert not _fast_path(x, 0.1, True)
-    assert _fast_path(torch.empty(4, 8), 0.1, True)  # the CPU fp32 case does take it
-    assert not _fast_path(torch.empty(4, 8, dtype=torch.bfloat16), 0.1, True)
+        assert kernel("linear", x, lin) == "module"
+        assert kernel("linear", x, PackedLinear(lin).eval()) == "module"
+    assert kernel("dropout", x, p=0.1, training=True) == "torch"
+    assert kernel("dropout", torch.empty(4, 8), p=0.1, training=True) == "byte_mask"  # the CPU fp32 case does take it
+    assert kernel("dropout", torch.empty(4, 8, dtype=torch.bfloat16), p=0.1, training=True) == "torch"
+    assert kernel("attention", x, p=0.1, training=True) == "sdpa"
     assert not uses_jagged_attention(torch.empty(2, 3))  # the CPU keeps its own attention paths
     assert not uses_jagged_attention(x)
 
 
 def test_fp32_only_kernels_step_aside_under_cpu_autocast():
-    """--precision bf16 on a CPU: autocast's bf16 ops run, not the float32 oneDNN / MKL / TorchScript paths."""
+    """--precision bf16 on a CPU: autocast's bf16 ops run, not the float32 oneDNN / MKL / native paths."""
     x, lin = torch.randn(4, 8), nn.Linear(8, 8)
     packed = PackedLinear(lin).eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not can_fuse(x, lin)
+        assert kernel("linear", x, lin) == "module" and kernel("linear", x, packed) == "module"
         assert packed(x).dtype == torch.bfloat16  # F.linear under autocast, not MKL's fp32 packed GEMM
     with torch.no_grad():
         assert packed(x).dtype == torch.float32

@@ -1,4 +1,4 @@
-"""The cheaper CPU dropout (bertkit/dropout.py): the right drop rate, seeded, and exact gradients."""
+"""The cheaper CPU dropout (bertkit/cpu/dropout.py, through cpu/ops.py): the right drop rate, seeded, and exact gradients."""
 
 import math
 
@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from bertkit.config import BertConfig
-from bertkit.dropout import _AttentionWithDropout, attention_with_dropout, drop_mask, dropout
+from bertkit.cpu.dispatch import kernel
+from bertkit.cpu.dropout import _AttentionWithDropout, drop_mask
+from bertkit.cpu.ops import attention, dropout
 from bertkit.model import BertForQuestionAnswering
 
 
@@ -55,12 +57,14 @@ def test_attention_with_dropout_gradients_are_exact():
 
 def test_attention_with_dropout_drops_at_rate_p():
     torch.manual_seed(0)
-    scores = torch.zeros(2, 3, 64, 64)  # uniform attention: each output is the mean of the kept values / (1 - p)
+    q = k = torch.zeros(2, 3, 64, 8)  # uniform attention: each output is the mean of the kept values / (1 - p)
     v = torch.ones(2, 3, 64, 1)
-    out = attention_with_dropout(scores, v, 0.1)
+    assert kernel("attention", q, p=0.1, training=True) == "eager"
+    out = attention(q, k, v, None, 0.1, training=True)
     assert out.shape == (2, 3, 64, 1)
     assert abs(out.mean().item() - 1.0) < 0.01  # inverted dropout keeps the expectation
-    assert torch.equal(attention_with_dropout(scores, v, 0.1, training=False), torch.ones(2, 3, 64, 1))
+    assert kernel("attention", q, p=0.1, training=False) == "sdpa"
+    assert torch.equal(attention(q, k, v, None, 0.1, training=False), torch.ones(2, 3, 64, 1))
 
 
 def test_training_attention_path_matches_inference_when_nothing_is_dropped():

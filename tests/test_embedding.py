@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import bertkit
-from bertkit.embedding import BertEmbedding
+from bertkit.inference.embedding import BertEmbedding
 
 
 @pytest.fixture(scope="module")

@@ -12,38 +12,27 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
 import bertkit
-from bertkit.checkpoint import HEADS
 from bertkit.export import ExportedModel, export
 from bertkit.export import verify
-from conftest import assert_cli_error, randomize_, run_cli
+from conftest import assert_cli_error, run_cli, tiny_checkpoint
 
 HEAD_LABELS = {"encoder": None, "classification": ["neg", "pos", "mixed"], "regression": None,
                "token_classification": ["O", "B-PER", "I-PER", "B-LOC"], "question_answering": None}
 
 
-def tiny_checkpoint(root, head, tokenizer, seed=0):
-    """A bert_2_128_2 checkpoint with random weights (every tensor nonzero) and a real vocabulary."""
-    cfg = bertkit.BertConfig.from_preset("bert_2_128_2", vocab_size=tokenizer.vocab_size)
-    cls = HEADS[head][0]
-    labels = HEAD_LABELS.get(head)
-    torch.manual_seed(seed)
-    if head in ("classification", "token_classification"):
-        model = cls(cfg, num_labels=len(labels))
-    elif head == "regression":
-        model = cls(cfg, num_labels=1)
-    else:
-        model = cls(cfg)
-    randomize_(model, seed=seed)
-    return bertkit.save(model, root / head, tokenizer=tokenizer, info={"labels": labels} if labels else None)
+def head_checkpoint(root, head, tokenizer, seed=0):
+    """A bert_2_128_2 checkpoint of `head` in root/head, with random weights (every tensor nonzero),
+    HEAD_LABELS' labels and a real vocabulary."""
+    return tiny_checkpoint(root / head, tokenizer, head, labels=HEAD_LABELS.get(head), seed=seed,
+                           preset="bert_2_128_2", randomize=True)
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, minilm):
     root = tmp_path_factory.mktemp("ckpt")
-    return {head: tiny_checkpoint(root, head, minilm.tokenizer) for head in HEAD_LABELS}
+    return {head: head_checkpoint(root, head, minilm.tokenizer) for head in HEAD_LABELS}
 
 
 def _batches(tokenizer, sentences):
@@ -127,7 +116,7 @@ def test_int8_reports_agreement_and_eval_accuracy(checkpoints, tmp_path, fmt, da
     assert e["change_points"] == pytest.approx(100 * (e["export"] - e["pytorch_fp32"]))
     # the reported fp32 accuracy is the PyTorch model's own on that file
     model = bertkit.load(checkpoints["classification"])
-    preds = model.predict([r.split("\t")[0] for r in rows], max_len=512)
+    preds = bertkit.predict(model, [r.split("\t")[0] for r in rows], max_len=512)
     gold = [["neg", "pos"][int(r.split("\t")[1])] for r in rows]
     assert e["pytorch_fp32"] == pytest.approx(np.mean([p["label"] == g for p, g in zip(preds, gold)]))
 

@@ -1,4 +1,4 @@
-"""bertkit.packed_linear: MKL-packed Linear weights give the same outputs, and stay safe to train and save."""
+"""bertkit/cpu/packed_linear.py: MKL-packed Linear weights give the same outputs, and stay safe to train and save."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import bertkit
-from bertkit.packed_linear import PACKED_MAX_ROWS, PackedLinear, mkl_packing_available, pack_linear_weights
+from bertkit.cpu import optimize_for_cpu
+from bertkit.cpu.dispatch import mkl_packing_available
+from bertkit.cpu.packed_linear import PACKED_ROWS, PackedLinear
 from conftest import randomize_
 
 pytestmark = pytest.mark.skipif(not mkl_packing_available(), reason="PyTorch built without MKL")
@@ -17,16 +19,16 @@ pytestmark = pytest.mark.skipif(not mkl_packing_available(), reason="PyTorch bui
 def test_packed_model_matches_and_keeps_its_state_dict(minilm, sst2_dev, tmp_path):
     cfg = bertkit.BertConfig.from_preset("bert_2_128_2", vocab_size=minilm.tokenizer.vocab_size)
     model = randomize_(bertkit.BertForSequenceClassification(cfg, num_labels=3)).eval()
-    packed = pack_linear_weights(copy.deepcopy(model))
+    packed = optimize_for_cpu(copy.deepcopy(model), native=False)
     n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
     assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == n_linear == 2 * 4 + 2
     assert list(packed.state_dict()) == list(model.state_dict())
-    big = minilm.tokenizer(sst2_dev[:24])  # > PACKED_MAX_ROWS real tokens: plain addmm
+    big = minilm.tokenizer(sst2_dev[:24])  # > PACKED_ROWS real tokens: oneDNN's fused GEMM
     batch = minilm.tokenizer(sst2_dev[:3])  # mixed lengths, few tokens: the packed GEMM
-    assert int(batch.valid_lengths.sum()) <= PACKED_MAX_ROWS < int(big.valid_lengths.sum())
+    assert int(batch.valid_lengths.sum()) <= PACKED_ROWS < int(big.valid_lengths.sum())
     with torch.inference_mode():
         assert (packed(big) - model(big)).abs().max() < 1e-5
-        assert packed.bert.layers[0].ffn_in.packed_weight.numel() == 0  # per-token layers: addmm
+        assert packed.bert.layers[0].ffn_in.packed_weight.numel() == 0  # per-token layers: oneDNN
         assert packed.classifier.packed_weight.numel() > 0  # 24 pooled rows: packed
         assert (packed(batch) - model(batch)).abs().max() < 1e-5
         assert all(m.packed_weight.numel() for m in packed.modules() if isinstance(m, PackedLinear))

@@ -8,17 +8,14 @@ import math
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from conftest import assert_cli_error, run_cli
+from conftest import assert_cli_error, run_cli, tiny_checkpoint
 
 import bertkit
-from bertkit.checkpoint import save
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError
 from bertkit.model import BertModel
-from bertkit.tokenizer import BertTokenizer
 from bertkit.train.finetune import FinetuneConfig, finetune
 from bertkit.train.optim import BertAdam, Lamb, build_optimizer, linear_warmup_decay, warmup_steps_for
 
@@ -87,13 +84,9 @@ def test_warmup_steps_round_up_but_not_on_floating_point_noise():
 
 
 # ---- a tiny model on a toy task ---------------------------------------------------------------
-def tiny_checkpoint(directory: Path) -> Path:
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + POSITIVE + NEGATIVE + FILLER + ["score"]
-    tok = BertTokenizer({t: i for i, t in enumerate(vocab)})
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
-    return save(BertModel(cfg), directory, tok)
+def toy_checkpoint(directory: Path) -> Path:
+    """A tiny encoder whose vocabulary holds the toy task's words."""
+    return tiny_checkpoint(directory, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + POSITIVE + NEGATIVE + FILLER + ["score"])
 
 
 def toy_rows(n: int, seed: int):
@@ -121,7 +114,7 @@ TOY = FinetuneConfig(epochs=8, batch_size=16, lr=2e-3, max_len=16, warmup_ratio=
 def toy(tmp_path_factory):
     """A tiny random BERT fine-tuned on the toy task: (checkpoint dir, results, data dir, base model dir)."""
     root = tmp_path_factory.mktemp("toy")
-    base = tiny_checkpoint(root / "base")
+    base = toy_checkpoint(root / "base")
     data = write_toy(root / "data")
     results = finetune("text", data, str(base), root / "out", TOY, quiet=True)
     return root / "out", results, data, base
@@ -142,11 +135,11 @@ def test_predict_on_saved_checkpoint(toy):
     out, _, _, _ = toy
     model = bertkit.load(out)
     assert model.labels == ["neg", "pos"]
-    preds = model.predict(["the movie was good", "so dreadful", "plot was superb"])
+    preds = bertkit.predict(model, ["the movie was good", "so dreadful", "plot was superb"])
     assert [p["label"] for p in preds] == ["pos", "neg", "pos"]
     assert all(0.5 < p["score"] <= 1.0 for p in preds)
     with pytest.raises(BertkitError, match="empty text"):
-        model.predict(["  "])
+        bertkit.predict(model, ["  "])
 
 
 def test_predict_cli_single_and_file(toy, tmp_path):
@@ -212,7 +205,7 @@ def test_regression_and_cli_finetune(toy, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     assert set(res["dev"]) == {"pearson", "spearman"} and res["dev"]["pearson"] > 0.8
-    pred = bertkit.load(tmp_path / "out").predict(["very good film", "so bad"])
+    pred = bertkit.predict(bertkit.load(tmp_path / "out"), ["very good film", "so bad"])
     assert pred[0]["label"] is None and pred[0]["score"] > pred[1]["score"]
     r = run_cli("predict", "--model", tmp_path / "out", "very good film", env=ONE_THREAD)
     assert r.returncode == 0 and float(r.stdout) > 0.5

@@ -27,7 +27,7 @@ import bertkit
 from bertkit.device import native_bf16_cpu
 from bertkit.export import export
 from conftest import assert_cli_error, run_cli
-from test_export import tiny_checkpoint
+from test_export import head_checkpoint
 
 COMMANDS = ("predict", "embed", "export", "serve")
 needs_bf16 = pytest.mark.skipif(not native_bf16_cpu(), reason="this CPU has no AVX512_BF16/AMX: --precision bf16 is refused here")
@@ -46,7 +46,7 @@ def close_to_fp32(got: np.ndarray, ref: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory, minilm):
     root = tmp_path_factory.mktemp("device-ckpt")
-    return {head: tiny_checkpoint(root, head, minilm.tokenizer, seed=5)
+    return {head: head_checkpoint(root, head, minilm.tokenizer, seed=5)
             for head in ("encoder", "classification", "token_classification", "question_answering")}
 
 
@@ -132,7 +132,7 @@ def test_predict_and_embed_with_cpu_fp32_equal_the_default_exactly(ckpts, inputs
         assert default.read_bytes() == explicit.read_bytes()
     # and the API's default is fp32 on the model's device
     model = bertkit.load(ckpts["classification"])
-    assert model.predict(inputs["texts"]) == model.predict(inputs["texts"], precision="fp32")
+    assert bertkit.predict(model, inputs["texts"]) == bertkit.predict(model, inputs["texts"], precision="fp32")
 
 
 def test_export_with_cpu_fp32_equals_the_default(ckpts, inputs, tmp_path):
@@ -237,7 +237,7 @@ def test_api_precision_keyword_for_embedding_entities_and_answers(ckpts, minilm,
         bertkit.BertEmbedding(minilm, precision="fp16")
     # entities: the same entities (but near ties), scores within 0.01
     tagger = bertkit.load(ckpts["token_classification"])
-    ref, got = tagger.predict(texts), tagger.predict(texts, precision="bf16")
+    ref, got = bertkit.tag(tagger, texts), bertkit.tag(tagger, texts, precision="bf16")
     same = total = 0
     for r, g in zip(ref, got):
         spans = {(e["start"], e["end"], e["type"]): e["score"] for e in g["entities"]}
@@ -251,11 +251,11 @@ def test_api_precision_keyword_for_embedding_entities_and_answers(ckpts, minilm,
     reader = bertkit.load(ckpts["question_answering"])
     for context in texts[:6]:
         question = context[:20] + "?"
-        a, b = reader.answer(question, context), reader.answer(question, context, precision="bf16")
+        a, b = bertkit.answer(reader, question, context), bertkit.answer(reader, question, context, precision="bf16")
         if (a["start"], a["end"]) == (b["start"], b["end"]):
             assert abs(a["score"] - b["score"]) <= 0.01
     with pytest.raises(bertkit.BertkitError, match="--precision fp16"):
-        reader.answer("who?", "Ada did.", precision="fp16")
+        bertkit.answer(reader, "who?", "Ada did.", precision="fp16")
 
 
 # ---- serve: autocast is thread-local, so the worker thread must enter it --------------------------

@@ -1,6 +1,7 @@
-"""bertkit.native_encoder: the compiled kernels build on this machine, equal the layer-by-layer path over
-head sizes, lengths (whole and partial vectors of keys) and activations, check their inputs, and step
-aside to TorchScript where they cannot run."""
+"""bertkit/cpu/native: the compiled encoder kernels build on this machine, equal the layer-by-layer path
+over head sizes, lengths (whole and partial vectors of keys) and activations, check their inputs, step
+aside wherever they do not apply, follow every kind of weight change, and where they cannot be built
+or do not take the model's shapes `optimize_for_cpu` attaches none and the layer-by-layer path runs."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ import pytest
 import torch
 
 import bertkit
-from bertkit.native_encoder import kernels_apply, load_kernels
-from bertkit.packed_linear import mkl_packing_available
-from bertkit.scripted_encoder import use_scripted_encoder
+from bertkit.cpu import optimize_for_cpu
+from bertkit.cpu.dispatch import kernel, mkl_packing_available
+from bertkit.cpu.native.encoder import kernels_apply, load_kernels
 from conftest import randomize_
 
 pytestmark = pytest.mark.skipif(not mkl_packing_available(), reason="PyTorch built without MKL")
@@ -30,7 +31,7 @@ def kernels():
     compiled = load_kernels()
     if compiled is None:
         if shutil.which(os.environ.get("CXX", "c++")) is None:
-            pytest.skip("no C++ compiler on this machine: the TorchScript path runs instead")
+            pytest.skip("no C++ compiler on this machine: the layer-by-layer path runs instead")
         pytest.fail("a C++ compiler is present but the native kernels did not build (see the warning)")
     return compiled
 
@@ -42,22 +43,35 @@ def model_with(hidden, heads, act="gelu", seed=0, cls=bertkit.BertModel, **kwarg
     return randomize_(cls(cfg, **kwargs), seed=seed, std=0.15).eval()
 
 
+def tiny(cls=bertkit.BertModel, seed=0, pooler=True, **overrides):
+    cfg = bertkit.BertConfig.from_preset("bert_2_128_2", vocab_size=200, **overrides)
+    return randomize_(cls(cfg) if pooler else cls(cfg, add_pooler=False), seed=seed).eval()
+
+
+def native(model):
+    """`model` itself with the native encoder only (no packed layers: the rest stays the plain path)."""
+    optimize_for_cpu(model, packed_rows=0)
+    bert = model if isinstance(model, bertkit.BertModel) else model.bert
+    assert bert.cpu_encoder is not None
+    return model
+
+
 def run_native(model, ids, segs, cls_only=False):
     """(native outputs, layer-by-layer outputs); asserts the compiled function ran."""
-    fast = use_scripted_encoder(copy.deepcopy(model))
+    fast = native(copy.deepcopy(model))
     bert = fast if isinstance(fast, bertkit.BertModel) else fast.bert
     with torch.inference_mode():
         if cls_only:
             got, want = fast.pooled_output(ids, segs), model.pooled_output(ids, segs)
         else:
             got, want = fast(ids, segs), model(ids, segs)
-    assert bert.scripted_encoder.runs_native
+    assert bert.cpu_encoder.ready
     return got, want
 
 
-def inputs(batch, seqlen, seed=0):
+def inputs(batch, seqlen, seed=0, vocab=300):
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, 300, (batch, seqlen), generator=g)
+    ids = torch.randint(1, vocab, (batch, seqlen), generator=g)
     segs = (torch.arange(seqlen) >= seqlen // 2).long().expand(batch, seqlen).contiguous()
     return ids, segs
 
@@ -98,22 +112,29 @@ def test_task_heads_and_a_model_without_pooler(kernels):
     ids, segs = inputs(2, 19)
     logits, ref = run_native(model_with(128, 4, cls=bertkit.BertForSequenceClassification, num_labels=3), ids, segs)
     assert (logits - ref).abs().max() < 2e-5
+    (start, end), (ref_start, ref_end) = run_native(model_with(128, 4, cls=bertkit.BertForQuestionAnswering), ids, segs)
+    assert (start - ref_start).abs().max() < 2e-5 and (end - ref_end).abs().max() < 2e-5
     (seq, pooled), (ref_seq, _) = run_native(model_with(128, 4, add_pooler=False), ids, segs)
     assert pooled is None and (seq - ref_seq).abs().max() < 2e-5
 
 
 def test_real_checkpoint_on_real_sentences(kernels, minilm, sst2_dev):
-    for text in sst2_dev[:8]:
-        (seq, pooled), (ref_seq, ref_pooled) = run_native(minilm, minilm.tokenizer([text]).input_ids, None)
-        assert (seq - ref_seq).abs().max() < 1e-5 and (pooled - ref_pooled).abs().max() < 1e-5
+    """What `bertkit serve` runs (packed layers and the native encoder) against the plain model."""
+    served = optimize_for_cpu(copy.deepcopy(minilm))
+    with torch.inference_mode():
+        for text in sst2_dev[:8]:
+            batch = minilm.tokenizer([text])
+            (seq, pooled), (ref_seq, ref_pooled) = served(batch), minilm(batch)
+            assert (seq - ref_seq).abs().max() < 1e-5 and (pooled - ref_pooled).abs().max() < 1e-5
+    assert served.cpu_encoder.ready
 
 
 def test_bad_ids_are_an_index_error_not_a_crash(kernels):
-    model = use_scripted_encoder(model_with(64, 4))
+    model = native(model_with(64, 4))
     ids, segs = inputs(1, 9)
     with torch.inference_mode():
         model(ids, segs)
-        assert model.scripted_encoder.runs_native
+        assert model.cpu_encoder.ready
         with pytest.raises(IndexError, match="token id 300 is out of range"):
             model(torch.full((1, 5), 300), None)
         with pytest.raises(IndexError, match="segment id 2 is out of range"):
@@ -124,7 +145,7 @@ def test_bad_ids_are_an_index_error_not_a_crash(kernels):
 
 def test_releases_the_gil_while_it_runs(kernels):
     """A server's event loop keeps running while a request is encoded on another thread."""
-    model = use_scripted_encoder(model_with(256, 4))
+    model = native(model_with(256, 4))
     ids, segs = inputs(1, 150)
     ticks, done = [], threading.Event()
 
@@ -147,36 +168,165 @@ def test_releases_the_gil_while_it_runs(kernels):
         worker.join()
     finally:
         sys.setswitchinterval(interval)
-    assert model.scripted_encoder.runs_native and len(ticks) > 5
+    assert model.cpu_encoder.ready and len(ticks) > 5
 
 
-def test_steps_aside_to_torchscript(kernels):
+def test_steps_aside_where_it_does_not_apply(kernels):
+    model = optimize_for_cpu(tiny(), max_tokens=64)
+    enc = model.cpu_encoder
+    ids, segs = inputs(2, 9, vocab=200)
+    with torch.inference_mode():
+        assert enc(ids, segs, valid_lengths=torch.tensor([9, 5])) is None  # padding
+        assert enc(ids, segs, attention_mask=torch.tensor([[1] * 9, [1] * 8 + [0]])) is None
+        assert enc(*inputs(8, 9, vocab=200)) is None  # 72 tokens > max_tokens
+        assert enc(ids[None], segs[None]) is None  # not (B, T)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert kernel("encoder", ids, enc) == "eager"  # bf16: autocast's ops
+    assert enc(ids, segs) is None  # gradients on: training needs the differentiable path
+    model.train()
+    with torch.no_grad():
+        assert enc(ids, segs) is None
+    model.eval()
+    with torch.no_grad():
+        assert kernel("encoder", ids, enc) == "native"
+        assert enc(ids, segs) is not None and enc(ids, segs, valid_lengths=torch.tensor([9, 9])) is not None
+    # a padded batch through the model takes the layer-by-layer path and pads with zeros as always
+    with torch.inference_mode():
+        seq, _ = model(ids, segs, torch.tensor([9, 5]))
+    assert seq[1, 5:].abs().max() == 0
+
+
+def test_follows_weight_changes(kernels):
+    model = native(tiny(seed=0))
+    other = tiny(seed=1)
+    ids, segs = inputs(1, 12, vocab=200)
+    with torch.inference_mode():
+        before, _ = model(ids, segs)
+    model.load_state_dict(other.state_dict())  # in place: every version counter moves
+    with torch.inference_mode():
+        after, _ = model(ids, segs)
+        expected, _ = other(ids, segs)
+    assert (after - expected).abs().max() < 1e-5 and (before - after).abs().max() > 1e-3
+
+    # a fused optimizer step changes weights without moving version counters
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
+    model.train()
+    model(ids, segs)[0].sum().backward()
+    optimizer.step()
+    model.eval()
+    with torch.inference_mode():
+        stepped, _ = model(ids, segs)
+        model.cpu_encoder = None
+        reference, _ = model(ids, segs)
+    assert (stepped - reference).abs().max() < 1e-5 and (stepped - after).abs().max() > 1e-4
+
+
+def test_follows_swapped_parameters_and_modules(kernels):
+    model = native(tiny(seed=0))
+    other = tiny(seed=2)
+    ids, segs = inputs(1, 7, vocab=200)
+    with torch.inference_mode():
+        model(ids, segs)
+    model.load_state_dict(other.state_dict(), assign=True)  # new Parameter objects, not copies
+    with torch.inference_mode():
+        got, _ = model(ids, segs)
+        want, _ = other(ids, segs)
+    assert (got - want).abs().max() < 1e-5
+    quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    with torch.inference_mode():
+        got, _ = quantized(ids, segs)
+    assert not quantized.cpu_encoder.ready  # int8 layers keep their own path
+    assert (got - want).abs().max() > 0
+
+
+def test_deep_copy_gets_its_own_weights(kernels):
+    model = native(tiny(seed=0))
+    ids, segs = inputs(1, 6, vocab=200)
+    with torch.inference_mode():
+        model(ids, segs)
+    twin = copy.deepcopy(model)
+    assert twin.cpu_encoder.bert is twin
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(0.5)
+    with torch.inference_mode():
+        a, _ = model(ids, segs)
+        b, _ = twin(ids, segs)
+        twin.cpu_encoder = None
+        b_ref, _ = twin(ids, segs)
+    assert (a - b).abs().max() > 1e-3 and (b - b_ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("with_kernels", [False, True])
+def test_pooled_output_alone_equals_the_full_forward(with_kernels):
+    """BertModel.pooled_output runs the last layer's per-token work for [CLS] only: same pooled vectors."""
+    model = tiny(seed=3)
+    if with_kernels:
+        optimize_for_cpu(model)
+    # one sentence, an unpadded batch (strided [CLS] rows in the kernels), a padded batch
+    for ids, segs, lengths in [(*inputs(1, 10, vocab=200), None), (*inputs(3, 12, vocab=200), None),
+                               (*inputs(3, 12, vocab=200), torch.tensor([12, 7, 3]))]:
+        with torch.inference_mode():
+            alone = model.pooled_output(ids, segs, lengths)
+            _, full = model(ids, segs, lengths)
+        assert alone.shape == full.shape and (alone - full).abs().max() < 1e-5
+
+
+def test_classifier_gradients_are_unchanged_by_the_cls_only_last_layer():
+    """Training through pooled_output: the same loss and gradients as through the full forward."""
+    torch.manual_seed(0)
+    cfg = bertkit.BertConfig.from_preset("bert_2_128_2", vocab_size=200, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    clf = randomize_(bertkit.BertForSequenceClassification(cfg, num_labels=3)).train()
+    ids, segs = inputs(4, 10, vocab=200)
+    lengths, labels = torch.tensor([10, 8, 5, 2]), torch.tensor([0, 2, 1, 2])
+
+    def loss_and_grads(forward):
+        clf.zero_grad()
+        loss = torch.nn.functional.cross_entropy(forward(), labels)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in clf.named_parameters() if p.grad is not None}
+
+    loss, grads = loss_and_grads(lambda: clf(ids, segs, lengths))
+    ref_loss, ref_grads = loss_and_grads(lambda: clf.classifier(clf.bert(ids, segs, lengths)[1]))
+    assert abs(loss - ref_loss) < 1e-6 and grads.keys() == ref_grads.keys()
+    for name, g in grads.items():
+        assert (g - ref_grads[name]).abs().max() < 1e-5, name
+
+
+def test_pooled_output_without_a_pooler_is_a_clear_error():
+    model = optimize_for_cpu(tiny(pooler=False))
+    with torch.inference_mode(), pytest.raises(ValueError, match="no pooler"):
+        model.pooled_output(*inputs(1, 5, vocab=200))
+
+
+def test_none_attached_where_the_kernels_do_not_apply(kernels):
     ids, segs = inputs(1, 9)
     odd = model_with(72, 3)  # head size 24: not a whole number of vectors
     assert not kernels_apply(odd.config)
-    scripted = use_scripted_encoder(odd)
+    served = optimize_for_cpu(copy.deepcopy(odd))
+    assert served.cpu_encoder is None  # the layer-by-layer path, with packed layers
     with torch.inference_mode():
-        scripted(ids, segs)
-    assert scripted.scripted_encoder._script is not None and not scripted.scripted_encoder.runs_native
-    asked = use_scripted_encoder(model_with(64, 4), native=False)
-    with torch.inference_mode():
-        asked(ids, segs)
-    assert asked.scripted_encoder._script is not None and not asked.scripted_encoder.runs_native
+        assert (served(ids, segs)[0] - odd(ids, segs)[0]).abs().max() < 1e-5
+    asked = optimize_for_cpu(model_with(64, 4), native=False)
+    assert asked.cpu_encoder is None
+    again = optimize_for_cpu(native(model_with(64, 4)), native=False)  # the latest settings win
+    assert again.cpu_encoder is None
 
 
 def test_turned_off_or_unbuildable_falls_back_with_one_warning(tmp_path):
-    """BERTKIT_NATIVE=0, and a machine whose compiler fails: a warning naming why, then TorchScript."""
+    """BERTKIT_NATIVE=0, and a machine whose compiler fails: a warning naming why, no native encoder,
+    and the model still runs (the layer-by-layer path)."""
     script = (
         "import warnings, torch, bertkit\n"
-        "from bertkit.scripted_encoder import use_scripted_encoder\n"
+        "from bertkit.cpu import optimize_for_cpu\n"
         "cfg = bertkit.BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128)\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
-        "    m = use_scripted_encoder(bertkit.BertModel(cfg).eval())\n"
+        "    m = optimize_for_cpu(bertkit.BertModel(cfg).eval())\n"
         "    with torch.inference_mode():\n"
-        "        m(torch.ones(1, 4, dtype=torch.long)); m(torch.ones(1, 5, dtype=torch.long))\n"
+        "        a = m(torch.ones(1, 4, dtype=torch.long)); m(torch.ones(1, 5, dtype=torch.long))\n"
         "print([str(w.message) for w in caught if 'native' in str(w.message)])\n"
-        "print(m.scripted_encoder._script is not None, m.scripted_encoder.runs_native)\n")
+        "print(m.cpu_encoder is None, tuple(a[0].shape))\n")
     for env, reason in [({"BERTKIT_NATIVE": "0"}, "BERTKIT_NATIVE=0"),
                         ({"CXX": str(tmp_path / "no-such-compiler"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}, "")]:
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
@@ -184,4 +334,4 @@ def test_turned_off_or_unbuildable_falls_back_with_one_warning(tmp_path):
         assert out.returncode == 0, out.stderr
         warned, state = out.stdout.strip().splitlines()
         assert warned.count("native encoder kernels unavailable") == 1 and reason in warned
-        assert state == "True False"
+        assert state == "True (1, 4, 64)"

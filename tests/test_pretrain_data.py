@@ -107,7 +107,7 @@ def test_vocab_by_model_or_gluonnlp_vocabulary_name(tmp_path, wiki_valid_path, m
     from bertkit.cli import pretrain_data
 
     asked = []
-    monkeypatch.setattr("bertkit.checkpoint.resolve", lambda name: asked.append(name) or minilm_dir)
+    monkeypatch.setattr("bertkit.pretrained.resolve", lambda name: asked.append(name) or minilm_dir)
     assert pretrain_data._named_vocabulary("book_corpus_wiki_en_uncased") == minilm_dir
     assert asked == ["bert_12_768_12/book_corpus_wiki_en_uncased"]  # the zoo model trained on that corpus
 

@@ -13,7 +13,7 @@ from bertkit.config import BertConfig
 from bertkit.errors import BertkitError
 from bertkit.model import BertForQuestionAnswering, BertForSequenceClassification
 from bertkit.qa.features import make_features
-from bertkit.qa.job import SquadConfig, run_squad
+from bertkit.train.squad import SquadConfig, run_squad
 from bertkit.qa.squad_data import SquadDataWarning, read_squad
 
 from conftest import assert_cli_error, run_cli

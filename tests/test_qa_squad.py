@@ -11,7 +11,7 @@ import torch
 import bertkit
 from bertkit.config import BertConfig
 from bertkit.model import BertForQuestionAnswering
-from bertkit.qa.job import SquadConfig, run_squad
+from bertkit.train.squad import SquadConfig, run_squad
 
 from conftest import assert_cli_error, run_cli
 
@@ -77,7 +77,7 @@ def test_answer_api_and_cli_agree_with_the_predictions(trained):
     qa = json.loads(data.read_text())["data"][0]["paragraphs"][0]
     predictions = json.loads((out / "predictions.json").read_text())
     q = qa["qas"][0]
-    a = model.answer(q["question"], qa["context"])
+    a = bertkit.answer(model, q["question"], qa["context"])
     assert a["text"] == predictions[q["id"]] and qa["context"][a["start"] : a["end"]] == a["text"]
     assert 0 < a["score"] <= 1
     r = run_cli("predict", "--model", out, "--question", q["question"], "--context", qa["context"])

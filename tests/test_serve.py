@@ -24,7 +24,7 @@ import pytest
 import bertkit
 from bertkit.export import export
 from conftest import REPO, assert_cli_error, run_cli
-from test_export import tiny_checkpoint
+from test_export import head_checkpoint
 
 
 def free_port() -> int:
@@ -81,7 +81,7 @@ class Server:
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory, minilm, minilm_dir):
     root = tmp_path_factory.mktemp("serve-ckpt")
-    out = {head: tiny_checkpoint(root, head, minilm.tokenizer, seed=3)
+    out = {head: head_checkpoint(root, head, minilm.tokenizer, seed=3)
            for head in ("encoder", "classification", "question_answering")}
     # the encoder ships all-minilm-l6-v2's sentence-transformers recipe: mean pooling + L2 normalisation
     shutil.copytree(minilm_dir / "1_Pooling", out["encoder"] / "1_Pooling")
@@ -143,13 +143,13 @@ def test_predict_and_answer_equal_the_in_process_api(servers, ckpts, sst2_dev, m
     texts, pairs = sst2_dev[:6], mrpc_dev[:3]
     status, _, body = cls.post("/predict", {"inputs": texts + [list(p) for p in pairs]})
     assert status == 200
-    expected = model.predict(texts) + model.predict([a for a, _ in pairs], [b for _, b in pairs])
+    expected = bertkit.predict(model, texts) + bertkit.predict(model, [a for a, _ in pairs], [b for _, b in pairs])
     assert [r["label"] for r in body] == [r["label"] for r in expected]
     assert np.allclose([r["score"] for r in body], [r["score"] for r in expected], atol=1e-6)
     assert cls.request("GET", "/info")[2]["labels"] == ["neg", "pos", "mixed"]
 
     qa = _server(servers, "qa", ckpts["question_answering"])
-    from bertkit.qa.answer import answer
+    from bertkit.inference.answer import answer
 
     qa_model = bertkit.load(ckpts["question_answering"])
     question, context = "Who wrote the novel?", mrpc_dev[5][0] + " " + mrpc_dev[6][0]
@@ -318,7 +318,7 @@ def test_corrupt_or_foreign_model_files_are_a_clear_error(ckpts, tmp_path):
 
 def test_onnx_backend_answers_like_the_pytorch_qa_model(ckpts, tmp_path, mrpc_dev):
     """/answer on an ONNX export goes through the same SQuAD post-processing as model.answer."""
-    from bertkit.qa.answer import answer
+    from bertkit.inference.answer import answer
     from bertkit.serve.backends import ExportBackend
 
     export(ckpts["question_answering"], "onnx", tmp_path / "qa")
@@ -333,7 +333,7 @@ def test_onnx_backend_answers_like_the_pytorch_qa_model(ckpts, tmp_path, mrpc_de
 
 def test_fill_mask_route_equals_the_cli(servers, ckpts, minilm, tmp_path_factory):
     """POST /fill-mask {"inputs": [...], "top_k": k}: the masks of each input, as `bertkit fill-mask` prints them."""
-    pretrained = tiny_checkpoint(tmp_path_factory.mktemp("mlm"), "pretraining", minilm.tokenizer, seed=5)
+    pretrained = head_checkpoint(tmp_path_factory.mktemp("mlm"), "pretraining", minilm.tokenizer, seed=5)
     server = _server(servers, "mlm", pretrained)
     texts = ["the movie was [MASK] .", "a [MASK] and [MASK] film"]
     status, _, body = server.post("/fill-mask", {"inputs": texts, "top_k": 3})

@@ -12,7 +12,7 @@ from conftest import assert_cli_error, run_cli
 from bertkit.errors import BertkitError
 from bertkit.tagging.conll import load_tagging_data, read_conll
 from bertkit.tagging.labels import entity_spans
-from bertkit.tagging.train import TaggedWindows
+from bertkit.tagging.features import TaggedWindows
 from bertkit.tagging.windows import plan_windows
 
 # CoNLL-2003 English as published (Tjong Kim Sang & De Meulder, 2003): sentences and tokens.

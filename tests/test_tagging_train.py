@@ -11,14 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_cli_error, run_cli
+from conftest import assert_cli_error, run_cli, tiny_checkpoint
 
 import bertkit
-from bertkit.checkpoint import save
-from bertkit.config import BertConfig
-from bertkit.model import BertModel
-from bertkit.tagging.train import TaggedWindows, finetune_tagging, word_probabilities
-from bertkit.tokenizer import BertTokenizer
+from bertkit.tagging.features import TaggedWindows
+from bertkit.tagging.inference import word_probabilities
+from bertkit.train.tagging import finetune_tagging
 from bertkit.train.finetune import FinetuneConfig
 
 FIRST = ["alice", "bob", "carol", "dave"]
@@ -37,13 +35,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_checkpoint(directory: Path) -> Path:
+def toy_checkpoint(directory: Path) -> Path:
+    """A tiny encoder whose vocabulary holds the toy sentences' words ("london" as two pieces)."""
     words = FIRST + LAST + [c for c in CITIES if c != "london"] + ["lon", "##don"] + [w for o in ORGS for w in o] + FILLER
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ",", "."] + words
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
-    return save(BertModel(cfg), directory, BertTokenizer({t: i for i, t in enumerate(vocab)}))
+    return tiny_checkpoint(directory, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ",", "."] + words)
 
 
 def toy_sentence(rnd: random.Random, n_entities: int) -> list[tuple[str, str]]:
@@ -78,7 +73,7 @@ TOY = FinetuneConfig(epochs=10, batch_size=16, lr=2e-3, max_len=16, warmup_ratio
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("tagging")
-    base = tiny_checkpoint(root / "base")
+    base = toy_checkpoint(root / "base")
     data = write_toy(root / "data")
     results = finetune_tagging("tags", data, str(base), root / "out", TOY, quiet=True)
     return root / "out", results, data
@@ -103,14 +98,14 @@ def test_tiny_model_learns_the_toy_task(toy):
 def test_predict_spans_cut_out_the_entity_text(toy):
     model = bertkit.load(toy[0])
     text = "  The  Alice Smith went to London,with Acme Corp.today\tand Bob ."
-    [result] = model.predict([text])
+    [result] = bertkit.tag(model, [text])
     entities = result["entities"]
     assert [(e["entity"], e["type"]) for e in entities] == [
         ("Alice Smith", "PER"), ("London", "LOC"), ("Acme Corp", "ORG"), ("Bob", "PER")]
     for e in entities:
         assert text[e["start"] : e["end"]] == e["entity"]
         assert 1 / len(model.labels) < e["score"] <= 1.0  # a mean of argmax probabilities
-    assert model.predict(["", "the"]) == [{"entities": []}, {"entities": []}]
+    assert bertkit.tag(model, ["", "the"]) == [{"entities": []}, {"entities": []}]
 
 
 def test_long_text_every_word_predicted(toy):
@@ -119,7 +114,7 @@ def test_long_text_every_word_predicted(toy):
     rnd = random.Random(5)
     names = [rnd.choice(FIRST).capitalize() for _ in range(30)]
     text = " ".join(f"{name} went to the {rnd.choice(FILLER)}" for name in names)
-    [result] = model.predict(text)
+    [result] = bertkit.tag(model, text)
     assert [e["entity"] for e in result["entities"]] == names
     assert all(text[e["start"] : e["end"]] == e["entity"] for e in result["entities"])
     words = text.split()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import assert_cli_error, run_cli
 
-from bertkit.embedding import BertEmbedding
+from bertkit.inference.embedding import BertEmbedding
 from bertkit.errors import BertkitError
 from bertkit.tagging.words import piece_groups, split_words
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import REPO, assert_cli_error, run_cli
 from safetensors.torch import load_file
-from test_finetune import FILLER, POSITIVE, tiny_checkpoint, write_toy
+from test_finetune import FILLER, POSITIVE, toy_checkpoint, write_toy
 
 from bertkit.device import native_bf16_cpu
 
@@ -51,7 +51,7 @@ def write_squad(path: Path, n_paragraphs: int = 12, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("engine")
-    return {"base": tiny_checkpoint(root / "base"), "data": write_toy(root / "data", n_train=320),
+    return {"base": toy_checkpoint(root / "base"), "data": write_toy(root / "data", n_train=320),
             "squad": write_squad(root / "squad.json"), "root": root}
 
 

@@ -20,7 +20,7 @@ import torch
 
 import bertkit
 from bertkit.zoo.convert import convert, read_source
-from bertkit.zoo.convert_tf import _source_names as tf_names, tf_to_hf
+from bertkit.zoo.convert_tf import source_names as tf_names, tf_to_hf
 from bertkit.zoo.mxnet_params import read_params
 from bertkit.zoo.source import Options
 from bertkit.zoo.tf_bundle import read_bundle

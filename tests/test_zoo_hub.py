@@ -25,8 +25,7 @@ import pytest
 import torch
 
 import bertkit
-from bertkit.config import BertConfig
-from conftest import REPO, assert_cli_error, randomize_, run_cli
+from conftest import REPO, assert_cli_error, run_cli, tiny_checkpoint
 
 REPO_ID = "google/bert_uncased_L-2_H-128_A-2"  # what `bert_2_128_2/uncased` names
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -120,12 +119,9 @@ class FakeHub:
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
+def tiny_repo(tmp_path_factory):
     """A bert_2_128_2 checkpoint written by bertkit (random weights), as the files a Hub repository holds."""
-    directory = tmp_path_factory.mktemp("tiny")
-    (directory / "vocab.txt").write_text("".join(t + "\n" for t in VOCAB))
-    model = randomize_(bertkit.BertModel(BertConfig.from_preset("bert_2_128_2", vocab_size=len(VOCAB))), seed=3)
-    bertkit.save(model, directory, tokenizer=bertkit.BertTokenizer(directory / "vocab.txt"))
+    directory = tiny_checkpoint(tmp_path_factory.mktemp("tiny"), VOCAB, seed=3, preset="bert_2_128_2", randomize=True)
     files = {p.name: p.read_bytes() for p in directory.iterdir()}
     files["modeling_custom.py"] = b"raise SystemExit('remote code must never be fetched')\n"
     files["tf_model.h5"] = b"not needed"
@@ -133,8 +129,8 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture
-def hub(tiny_checkpoint, tmp_path, monkeypatch):
-    server = FakeHub({REPO_ID: tiny_checkpoint, "someone/tiny-bert": tiny_checkpoint})
+def hub(tiny_repo, tmp_path, monkeypatch):
+    server = FakeHub({REPO_ID: tiny_repo, "someone/tiny-bert": tiny_repo})
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -147,7 +143,7 @@ def snapshot_dir(tmp_path, repo=REPO_ID) -> Path:
     return tmp_path / "hf-cache" / ("models--" + repo.replace("/", "--")) / "snapshots" / COMMIT
 
 
-def test_first_load_downloads_second_is_served_from_the_cache(hub, tmp_path, tiny_checkpoint):
+def test_first_load_downloads_second_is_served_from_the_cache(hub, tmp_path, tiny_repo):
     model = bertkit.load("bert_2_128_2/uncased")
     snapshot = snapshot_dir(tmp_path)
     assert model.load_report["directory"] == str(snapshot)
@@ -155,7 +151,7 @@ def test_first_load_downloads_second_is_served_from_the_cache(hub, tmp_path, tin
     wanted = ["bertkit.json", "config.json", "model.safetensors", "tokenizer_config.json", "vocab.txt"]
     assert sorted(p.name for p in snapshot.iterdir()) == wanted
     assert sorted(path.rsplit("/", 1)[1] for path in hub.file_gets()) == wanted
-    assert (snapshot / "model.safetensors").read_bytes() == tiny_checkpoint["model.safetensors"]
+    assert (snapshot / "model.safetensors").read_bytes() == tiny_repo["model.safetensors"]
     assert (tmp_path / "hf-cache" / "models--google--bert_uncased_L-2_H-128_A-2" / "refs" / "main").read_text() == COMMIT
     assert model.tokenizer.tokenize("A crane is flying") == ["a", "crane", "is", "flying"]
 
@@ -166,14 +162,14 @@ def test_first_load_downloads_second_is_served_from_the_cache(hub, tmp_path, tin
         assert torch.equal(a, b)
 
 
-def test_plain_hub_id_and_pytorch_bin_fallback(hub, tmp_path, tiny_checkpoint):
+def test_plain_hub_id_and_pytorch_bin_fallback(hub, tmp_path, tiny_repo):
     # A repository with only pytorch_model.bin (like some of Google's small BERTs): the .bin is fetched.
     from safetensors.torch import load as load_safetensors
 
-    tensors = load_safetensors(tiny_checkpoint["model.safetensors"])
+    tensors = load_safetensors(tiny_repo["model.safetensors"])
     path = tmp_path / "pytorch_model.bin"
     torch.save(tensors, path)
-    bin_repo = {k: v for k, v in tiny_checkpoint.items() if k != "model.safetensors"} | {"pytorch_model.bin": path.read_bytes()}
+    bin_repo = {k: v for k, v in tiny_repo.items() if k != "model.safetensors"} | {"pytorch_model.bin": path.read_bytes()}
     hub.repos["someone/bin-only"] = bin_repo
     model = bertkit.load("someone/bin-only")
     assert model.load_report["directory"] == str(snapshot_dir(tmp_path, "someone/bin-only"))
@@ -199,7 +195,7 @@ def test_unknown_repository(hub):
     assert "unknown model 'nobody/no-such-model'" in str(e.value) and "not found" in str(e.value)
 
 
-def test_interrupted_download_leaves_nothing_half_written(hub, tmp_path, tiny_checkpoint):
+def test_interrupted_download_leaves_nothing_half_written(hub, tmp_path, tiny_repo):
     hub.mode = "break"  # the connection drops halfway through the weights; the resumed request fails
     with pytest.raises(bertkit.BertkitError) as e:
         bertkit.load("bert_2_128_2/uncased")
@@ -209,11 +205,11 @@ def test_interrupted_download_leaves_nothing_half_written(hub, tmp_path, tiny_ch
     assert [p.name for p in (folder / "blobs").iterdir() if p.name.endswith(".incomplete")] == []
     hub.mode = "normal"
     model = bertkit.load("bert_2_128_2/uncased")  # the next attempt completes it
-    assert (snapshot_dir(tmp_path) / "model.safetensors").read_bytes() == tiny_checkpoint["model.safetensors"]
+    assert (snapshot_dir(tmp_path) / "model.safetensors").read_bytes() == tiny_repo["model.safetensors"]
     assert model.load_report["missing"] == []
 
 
-def test_killed_download_then_offline_then_resumed(hub, tmp_path, tiny_checkpoint):
+def test_killed_download_then_offline_then_resumed(hub, tmp_path, tiny_repo):
     """The process is killed (SIGKILL) mid-download: no weights file appears, offline loading says what
     to fetch and where, and the next online load completes the model."""
     hub.mode = "stall"
@@ -239,7 +235,7 @@ def test_killed_download_then_offline_then_resumed(hub, tmp_path, tiny_checkpoin
 
     hub.mode, hub.log = "normal", []
     model = bertkit.load("bert_2_128_2/uncased")
-    assert (snapshot_dir(tmp_path) / "model.safetensors").read_bytes() == tiny_checkpoint["model.safetensors"]
+    assert (snapshot_dir(tmp_path) / "model.safetensors").read_bytes() == tiny_repo["model.safetensors"]
     assert model.config.num_hidden_layers == 2
 
 

@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 
-from ..cpu_allocator import keep_freed_memory
+from ..cpu.allocator import keep_freed_memory
 from ..errors import BertkitError
 
 # subcommand name -> (module in this package, one-line help). A module is imported only when its
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "offline", False):
         os.environ["HF_HUB_OFFLINE"] = "1"
     warnings.showwarning = _one_line_warning
-    keep_freed_memory()  # large activations reuse freed memory instead of fresh pages (cpu_allocator.py)
+    keep_freed_memory()  # large activations reuse freed memory instead of fresh pages (cpu/allocator.py)
     try:
         return module.run(args) or 0
     except BertkitError as e:

@@ -31,7 +31,7 @@ def cosine(a, b) -> float:
 
 
 def step_embeddings(model_name: str) -> None:
-    from ..embedding import BertEmbedding
+    from ..inference.embedding import BertEmbedding
     from ..model import count_parameters
 
     emb = BertEmbedding(model_name)
@@ -68,7 +68,8 @@ def step_finetune(model_name: str, train_examples: int = 1500) -> None:
     """Fine-tune the pretrained checkpoint on real movie-review snippets (rotten-tomatoes), then classify."""
     import tempfile
 
-    from ..checkpoint import load
+    from ..inference.predict import predict
+    from ..pretrained import load
     from ..train.finetune import FinetuneConfig, finetune
 
     print("\n== 6. Fine-tuning: sentiment from real Rotten Tomatoes review snippets")
@@ -82,7 +83,7 @@ def step_finetune(model_name: str, train_examples: int = 1500) -> None:
         print(f"   dev accuracy ({results['dev_examples']['dev']} snippets): {before:.3f} before fine-tuning, "
               f"{after:.3f} after ({results['train_seconds_per_epoch'][0]:.0f}s of training)")
         model = load(out)
-        for text, r in zip(DEMO_REVIEWS, model.predict(DEMO_REVIEWS)):
+        for text, r in zip(DEMO_REVIEWS, predict(model, DEMO_REVIEWS)):
             print(f"   {r['label']:<8} {r['score']:.3f}  {text!r}")
 
 

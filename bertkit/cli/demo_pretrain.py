@@ -39,12 +39,14 @@ def step_pretrain(out_dir: Path, steps: int) -> Path:
 
     import torch
 
-    from ..checkpoint import load, read_bertkit_info
+    from ..checkpoint import read_bertkit_info
+
+    from ..pretrained import load
     from ..config import BertConfig
     from ..data.loader import PretrainingLoader
     from ..data.pretraining import CorpusFile, PretrainingConfig, create_pretraining_data
     from ..data.wiki_sample import wiki_sample_paths
-    from ..masked_lm import fill_mask
+    from ..inference.fill_mask import fill_mask
     from ..model import BertForPreTraining
     from ..tokenizer import BertTokenizer, train_vocab
     from ..train.pretrain import PretrainOptions, evaluate, pretrain

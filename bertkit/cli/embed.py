@@ -35,7 +35,7 @@ def run(args):
     from tqdm import tqdm
 
     from ..device import resolve_device, resolve_precision
-    from ..embedding import BertEmbedding
+    from ..inference.embedding import BertEmbedding
     from ..errors import BertkitError
     from ..textio import iter_lines
     from ..tokenizer import TruncationWarning

@@ -18,10 +18,10 @@ def run(args):
     import json
     import sys
 
-    from ..checkpoint import load
+    from ..pretrained import load
     from ..device import resolve_device, resolve_precision
     from ..errors import BertkitError
-    from ..masked_lm import as_records, fill_mask
+    from ..inference.fill_mask import as_records, fill_mask
     from ..textio import iter_lines
 
     if args.texts and args.file:

@@ -1,6 +1,6 @@
 """`bertkit finetune`: fine-tune a checkpoint on a GLUE, sentiment or your own TSV task, or a CoNLL tagging task."""
 
-from .options import add_training_arguments, is_main_process, training_settings
+from .options import add_training_arguments, config_from_args, is_main_process
 
 TASK_NAMES = ("sst-2", "cola", "mrpc", "sts-b", "qqp", "mnli", "qnli", "rte", "wnli", "xnli", "imdb", "ag-news", "rotten-tomatoes",
               "text")
@@ -52,17 +52,9 @@ def run(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = FinetuneConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, epsilon=args.epsilon,
-        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, max_len=args.max_len, seed=args.seed,
-        accumulate=args.accumulate, max_grad_norm=args.max_grad_norm, eval_batch_size=args.eval_batch_size,
-        max_train_examples=args.max_train_examples, progress=not args.quiet, eval_before=args.eval_before,
-        **training_settings(args),
-    )
-    if args.bucket_batches is not None:
-        config.bucket_batches = args.bucket_batches
+    config = config_from_args(FinetuneConfig, args, progress=not args.quiet)
     if args.task in TAGGING_TASKS:
-        from ..tagging.train import finetune_tagging
+        from ..train.tagging import finetune_tagging
 
         results = finetune_tagging(args.task, args.data_dir, args.model, args.out, config, new_head=args.new_head, quiet=args.quiet)
     else:

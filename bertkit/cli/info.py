@@ -10,7 +10,7 @@ def add_arguments(p):
 def run(args):
     import json
 
-    from ..checkpoint import load
+    from ..pretrained import load
     from ..cpu.threads import describe
     from ..model import count_parameters
 

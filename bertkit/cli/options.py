@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 
@@ -25,10 +26,12 @@ def add_training_arguments(p) -> None:
                    help="continue the unfinished run in --out from its newest checkpoint (same flags as the first run)")
 
 
-def training_settings(args) -> dict:
-    """The TrainConfig fields `add_training_arguments` sets."""
-    return {"device": args.device, "precision": args.precision, "max_tokens": args.max_tokens,
-            "ckpt_interval": args.ckpt_interval, "resume": args.resume}
+def config_from_args(cls, args, **given):
+    """A job's config dataclass `cls` from the parsed flags of its fields' names: a flag the command
+    lacks or leaves unset (None) keeps the field's default; `given` wins over both."""
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+             if f.init and getattr(args, f.name, None) is not None}
+    return cls(**{**flags, **given})
 
 
 def is_main_process() -> bool:

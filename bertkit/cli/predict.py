@@ -63,14 +63,17 @@ def _answer(model, args, precision):
         raise BertkitError(f"--model {args.model}: not a question-answering checkpoint; --question/--context need one")
     if args.question is None or args.context is None or args.texts or args.file:
         raise BertkitError("give both --question Q and --context C, and no TEXT or --file")
-    print(json.dumps(model.answer(args.question, args.context, precision=precision), ensure_ascii=False))
+    from ..inference.answer import answer
+
+    print(json.dumps(answer(model, args.question, args.context, precision=precision), ensure_ascii=False))
     return 0
 
 
 def run(args):
-    from ..checkpoint import load
     from ..device import resolve_device, resolve_precision
     from ..errors import BertkitError
+    from ..inference.predict import predict
+    from ..pretrained import load
 
     device = resolve_device(args.device)  # a device or precision this machine lacks: one line, nothing written
     precision = resolve_precision(args.precision, device)
@@ -89,17 +92,17 @@ def run(args):
         raise BertkitError("give one TEXT, a pair TEXT TEXT_B, or --file F.tsv")
     if model.load_report.get("missing"):
         missing = [m for m in model.load_report["missing"] if m.startswith("classifier.")]
-        if missing or not hasattr(model, "predict"):
+        if missing or type(model).__name__ != "BertForSequenceClassification":
             raise BertkitError(f"--model {args.model}: not a fine-tuned classification/regression checkpoint (no task head)")
-    if not hasattr(model, "predict"):
+    if type(model).__name__ != "BertForSequenceClassification":
         raise BertkitError(f"--model {args.model}: not a sequence classification/regression checkpoint")
     if args.file:
         texts, texts_b = read_inputs(args.file)
-        write_json_lines(model.predict(texts, texts_b, max_len=args.max_len, batch_size=args.batch_size,
-                                       precision=precision), args.out)
+        write_json_lines(predict(model, texts, texts_b, max_len=args.max_len, batch_size=args.batch_size,
+                                 precision=precision), args.out)
         return 0
     texts_b = [args.texts[1]] if len(args.texts) == 2 else None
-    r = model.predict([args.texts[0]], texts_b, max_len=args.max_len, precision=precision)[0]
+    r = predict(model, [args.texts[0]], texts_b, max_len=args.max_len, precision=precision)[0]
     print(f"{r['score']:.4f}" if r["label"] is None else f"{r['label']}\t{r['score']:.4f}")
 
 
@@ -107,12 +110,13 @@ def predict_entities(model, args, precision="fp32"):
     """A token-classification checkpoint: one JSON line {"entities": [...]} per TEXT, or per line of a
     plain-text --file (blank lines give no entities, so output line N is input line N)."""
     from ..errors import BertkitError
+    from ..inference.tag import tag
     from ..textio import iter_lines
 
     if model.load_report.get("missing"):
         raise BertkitError(f"--model {args.model}: not a fine-tuned token-classification checkpoint (no trained head)")
     texts = list(iter_lines(args.file)) if args.file else args.texts
-    write_json_lines(model.predict(texts, max_len=args.max_len, batch_size=args.batch_size, precision=precision), args.out)
+    write_json_lines(tag(model, texts, max_len=args.max_len, batch_size=args.batch_size, precision=precision), args.out)
     return 0
 
 

@@ -1,6 +1,6 @@
 """`bertkit pretrain`: masked-LM + next-sentence pretraining from shards (torchrun for many processes)."""
 
-from .options import add_device_arguments, is_main_process
+from .options import add_device_arguments, config_from_args, is_main_process
 
 
 def add_arguments(p):
@@ -63,17 +63,7 @@ def run(args):
             raise BertkitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not 0 <= args.warmup_ratio < 1:
         raise BertkitError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
-    opts = PretrainOptions(
-        data=args.data, out=args.out, config=args.config, shape=shape, model=args.model, steps=args.steps,
-        batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr, warmup_ratio=args.warmup_ratio,
-        optimizer=args.optimizer, weight_decay=args.weight_decay, epsilon=args.epsilon,
-        max_grad_norm=args.max_grad_norm, seed=args.seed, ckpt_interval=args.ckpt_interval,
-        keep_checkpoints=args.keep_checkpoints, eval_data=args.eval_data, eval_interval=args.eval_interval,
-        eval_batches=args.eval_batches, log_interval=args.log_interval, resume=args.resume,
-        resume_or_start=args.resume_or_start, dropout=args.dropout, plot=args.plot, max_minutes=args.max_minutes, device=args.device,
-        precision=args.precision, max_tokens=args.max_tokens,
-        progress=not args.no_progress,
-    )
+    opts = config_from_args(PretrainOptions, args, shape=shape, progress=not args.no_progress)
     final = pretrain(opts)
     if is_main_process():
         print(f"done: model in {final}, metrics in {args.out}/metrics.jsonl")

@@ -60,7 +60,7 @@ def resolve_vocab(arg: str) -> tuple[Path, bool | None, bool | None]:
 def _named_vocabulary(name: str) -> Path:
     """The checkpoint directory whose vocabulary a name stands for: a model name (zoo, Hub id, cache), or a
     GluonNLP vocabulary name (the vocabulary of the first zoo model trained on that dataset)."""
-    from ..checkpoint import resolve
+    from ..pretrained import resolve
     from ..errors import BertkitError
     from ..zoo.names import ZOO
 

@@ -1,6 +1,6 @@
 """`bertkit squad`: fine-tune on SQuAD 1.1/2.0 and predict (or predict only with a QA checkpoint)."""
 
-from .options import add_training_arguments, is_main_process, training_settings
+from .options import add_training_arguments, config_from_args, is_main_process
 
 
 def add_arguments(p):
@@ -44,19 +44,11 @@ def run(args):
 
     import torch
 
-    from ..qa.job import SquadConfig, run_squad
+    from ..train.squad import SquadConfig, run_squad
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = SquadConfig(
-        version_2=args.version_2, max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
-        max_query_length=args.max_query_length, n_best_size=args.n_best_size, max_answer_length=args.max_answer_length,
-        null_score_diff_threshold=args.null_score_diff_threshold, epochs=args.epochs, lr=args.lr,
-        batch_size=args.batch_size, accumulate=args.accumulate, optimizer=args.optimizer, warmup_ratio=args.warmup_ratio,
-        weight_decay=args.weight_decay, seed=args.seed, max_train_examples=args.max_train_examples,
-        bucket_batches=args.bucket_batches,
-        eval_batch_size=args.eval_batch_size, progress=not args.quiet, **training_settings(args),
-    )
+    config = config_from_args(SquadConfig, args, progress=not args.quiet)
     results = run_squad(args.model, args.out, train_file=args.train, predict_file=args.predict, config=config,
                         quiet=args.quiet)
     keys = ("exact", "f1", "total", "best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh")

@@ -15,7 +15,7 @@ def load_tokenizer(name: str, cased: bool = False):
     """A tokenizer from a vocab.txt path or from a checkpoint's directory (without loading weights)."""
     from pathlib import Path
 
-    from ..checkpoint import resolve
+    from ..pretrained import resolve
     from ..tokenizer import BertTokenizer
 
     if Path(name).is_file():

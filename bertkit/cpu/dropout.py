@@ -14,9 +14,10 @@ forward matrix multiplies. Here:
 - The mask is applied with `masked_fill` and the 1 / (1 - p) scale goes where it is cheapest: on the
   (T x head_dim) attention output instead of the (T x T) probabilities.
 
-`dropout` / `Dropout` are drop-in for `F.dropout` / `nn.Dropout`; `attention_with_dropout` is
-softmax(scores) -> dropout -> @ v with its own backward. Outside CPU float32 training they are
-PyTorch's own ops.
+`byte_mask_dropout` is inverted dropout on that mask; `softmax_dropout_matmul` is softmax(scores) ->
+dropout -> @ v with its own backward. They run where `dispatch.kernel` says "byte_mask" (CPU float32
+training); `ops.dropout`, `ops.Dropout` and `ops.attention` are the drop-ins that ask it, with
+PyTorch's own ops everywhere else.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 _INT64_MIN = torch.iinfo(torch.int64).min
 
@@ -44,10 +43,6 @@ def drop_mask(shape, p: float, device=None) -> torch.Tensor:
     return drop.view(shape)
 
 
-def _fast_path(x: torch.Tensor, p: float, training: bool) -> bool:
-    return training and 0.0 < p < 1.0 and x.device.type == "cpu" and x.dtype == torch.float32
-
-
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, drop, scale):
@@ -61,18 +56,9 @@ class _Dropout(torch.autograd.Function):
         return grad.masked_fill(drop, 0.0).mul_(ctx.scale), None, None
 
 
-def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """Inverted dropout, as `F.dropout(x, p, training)`."""
-    if not _fast_path(x, p, training):
-        return F.dropout(x, p, training)
+def byte_mask_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout of `x` at rate 0 < p < 1 on the byte mask."""
     return _Dropout.apply(x, drop_mask(x.shape, p, x.device), 1.0 / (1.0 - p))
-
-
-class Dropout(nn.Dropout):
-    """`nn.Dropout` (the same `p`, no state) on the cheaper mask."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, self.training)
 
 
 class _AttentionWithDropout(torch.autograd.Function):
@@ -95,10 +81,8 @@ class _AttentionWithDropout(torch.autograd.Function):
         return torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype), grad_v, None, None
 
 
-def attention_with_dropout(scores: torch.Tensor, v: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """dropout(softmax(scores, -1), p) @ v for scores (..., T, S) and v (..., S, D)."""
-    if not _fast_path(scores, p, training):
-        return torch.matmul(F.dropout(torch.softmax(scores, dim=-1), p, training), v)
+def softmax_dropout_matmul(scores: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+    """dropout(softmax(scores, -1), p) @ v on the byte mask, for scores (..., T, S), v (..., S, D), 0 < p < 1."""
     lead = scores.shape[:-2]
     scores3, v3 = scores.reshape(-1, *scores.shape[-2:]), v.reshape(-1, *v.shape[-2:])
     out = _AttentionWithDropout.apply(scores3, v3, drop_mask(scores3.shape, p, scores.device), 1.0 / (1.0 - p))

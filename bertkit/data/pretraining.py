@@ -259,24 +259,8 @@ def _remove_partial_output(out_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def create_pretraining_data(
-    files: list[CorpusFile],
-    vocab_path: str | Path,
-    out_dir: str | Path,
-    config: PretrainingConfig = PretrainingConfig(),
-    lowercase: bool = True,
-    strip_accents: bool | None = None,
-    workers: int = 1,
-    errors: str = "strict",
-    overwrite: bool = False,
-    progress: bool | None = None,
-) -> dict:
-    """Write `out_dir/shard-*.npz` and `out_dir/stats.json`; returns the stats.
-
-    `progress`: a tqdm bar on stderr (None: only when stderr is a terminal).
-    """
-    from ..tokenizer import load_vocab
-
+def _check_options(files: list[CorpusFile], config: PretrainingConfig, workers: int, errors: str) -> None:
+    """Settings that are wrong whatever the files hold."""
     config.validate()
     if workers < 1:
         raise BertkitError(f"--workers {workers} must be at least 1")
@@ -284,17 +268,30 @@ def create_pretraining_data(
         raise BertkitError(f"--errors {errors!r} must be strict or replace")
     if not files:
         raise BertkitError("no input files given")
-    vocab_path = Path(vocab_path)
-    vocab = load_vocab(vocab_path)
-    masking = MaskingVocab.from_vocab(vocab, source=str(vocab_path))
+
+
+def _check_inputs(files: list[CorpusFile], errors: str) -> None:
+    """Every file in a known format, with some text in it."""
     for f in files:
         if f.format not in FORMATS:
             raise BertkitError(f"unknown corpus format {f.format!r} (expected one of {', '.join(FORMATS)})")
         check_has_text(f.path, errors=errors)
-    out_dir = Path(out_dir)
-    prepare_output_dir(out_dir, overwrite)
-    shutil.copyfile(vocab_path, out_dir / "vocab.txt")  # the loader's dynamic masking needs it
 
+
+def _check_pairs(totals: collections.Counter, files: list[CorpusFile]) -> None:
+    if totals["documents_with_pairs"] == 0:
+        names = ", ".join(str(f.path) for f in files)
+        raise BertkitError(
+            f"{names}: no document has two or more sentences, so there is nothing to pair for "
+            "next-sentence prediction (separate documents with blank lines and put one sentence per "
+            "line, or pick the right --format)"
+        )
+
+
+def _write_shards(files: list[CorpusFile], config: PretrainingConfig, workers: int, errors: str,
+                  init_args: tuple, out_dir: Path, progress: bool | None) -> tuple[collections.Counter, list[dict], float]:
+    """Run every chunk with a progress bar; returns the summed counts, the shard list and the seconds
+    taken. On any failure (Ctrl-C included) the shards written so far are removed."""
     from tqdm import tqdm
 
     totals = collections.Counter()
@@ -302,7 +299,6 @@ def create_pretraining_data(
     start = time.perf_counter()
     bar = tqdm(unit=" doc", file=sys.stderr, disable=None if progress is None else not progress,
                desc="pretrain-data", dynamic_ncols=True)
-    init_args = (vocab, lowercase, strip_accents, config, str(out_dir))
     try:
         chunks = iter_chunks(files, int(config.chunk_mb * 1_000_000), errors)
         for counts in _run_chunks(chunks, workers, init_args):
@@ -312,22 +308,20 @@ def create_pretraining_data(
             elapsed = max(time.perf_counter() - start, 1e-9)
             bar.update(counts["documents"])
             bar.set_postfix_str(f"{totals['tokens'] / elapsed / 1e6:.2f}M tok/s, {totals['instances']} instances")
-        if totals["documents_with_pairs"] == 0:
-            names = ", ".join(str(f.path) for f in files)
-            raise BertkitError(
-                f"{names}: no document has two or more sentences, so there is nothing to pair for "
-                "next-sentence prediction (separate documents with blank lines and put one sentence per "
-                "line, or pick the right --format)"
-            )
+        _check_pairs(totals, files)
     except BaseException:
         bar.close()
         _remove_partial_output(out_dir)
         raise
     bar.close()
-    elapsed = time.perf_counter() - start
+    return totals, shards, time.perf_counter() - start
 
+
+def _stats(totals: collections.Counter, shards: list[dict], elapsed: float, config: PretrainingConfig,
+           settings: dict) -> dict:
+    """stats.json's content (`settings`: the inputs and options besides `config`'s)."""
     n = totals["instances"]
-    stats = {
+    return {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "documents": totals["documents"],
@@ -348,18 +342,50 @@ def create_pretraining_data(
         "time_s": round(elapsed, 2),
         "tokens_per_s": round(totals["tokens"] / elapsed),
         "dynamic_masking": config.dynamic_masking,
-        "settings": {
-            **asdict(config),
-            "inputs": [asdict(f) for f in files],
-            "vocab": str(vocab_path),
-            "vocab_size": masking.size,
-            "lowercase": lowercase,
-            "strip_accents": strip_accents,
-            "errors": errors,
-            "workers": workers,
-        },
+        "settings": {**asdict(config), **settings},
         "shards": shards,
     }
+
+
+def create_pretraining_data(
+    files: list[CorpusFile],
+    vocab_path: str | Path,
+    out_dir: str | Path,
+    config: PretrainingConfig = PretrainingConfig(),
+    lowercase: bool = True,
+    strip_accents: bool | None = None,
+    workers: int = 1,
+    errors: str = "strict",
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> dict:
+    """Write `out_dir/shard-*.npz` and `out_dir/stats.json`; returns the stats.
+
+    `progress`: a tqdm bar on stderr (None: only when stderr is a terminal).
+    """
+    from ..tokenizer import load_vocab
+
+    _check_options(files, config, workers, errors)
+    vocab_path = Path(vocab_path)
+    vocab = load_vocab(vocab_path)
+    masking = MaskingVocab.from_vocab(vocab, source=str(vocab_path))
+    _check_inputs(files, errors)
+    out_dir = Path(out_dir)
+    prepare_output_dir(out_dir, overwrite)
+    shutil.copyfile(vocab_path, out_dir / "vocab.txt")  # the loader's dynamic masking needs it
+
+    init_args = (vocab, lowercase, strip_accents, config, str(out_dir))
+    totals, shards, elapsed = _write_shards(files, config, workers, errors, init_args, out_dir, progress)
+    settings = {
+        "inputs": [asdict(f) for f in files],
+        "vocab": str(vocab_path),
+        "vocab_size": masking.size,
+        "lowercase": lowercase,
+        "strip_accents": strip_accents,
+        "errors": errors,
+        "workers": workers,
+    }
+    stats = _stats(totals, shards, elapsed, config, settings)
     write_stats(out_dir, stats)
     return stats
 

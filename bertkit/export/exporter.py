@@ -63,7 +63,8 @@ def export(model: str | Path, fmt: str, out: str | Path, quantize: str | None = 
     """Export checkpoint `model` as `fmt` ("onnx" or "torch") into `out`; returns the manifest.
     `device`: where the fp32 PyTorch reference of the verification runs ("cpu", "cuda", ...); the
     file is written from a CPU fp32 copy whatever it is. `precision`: "fp32" only (see verify.py)."""
-    from ..checkpoint import head_of, load, resolve
+    from ..checkpoint import head_of
+    from ..pretrained import load, resolve
 
     device = resolve_device(device)
     check_precision(precision, device)
@@ -104,7 +105,7 @@ def export(model: str | Path, fmt: str, out: str | Path, quantize: str | None = 
 
 def _export(model, head, directory, graph, batches, fmt, out, quantize, max_len, eval_examples, optimize,
             device: torch.device) -> dict:
-    from ..embedding import SentenceRecipe
+    from ..inference.embedding import SentenceRecipe
 
     cfg, tokenizer = model.config, model.tokenizer
     sample = (batches[0].input_ids, batches[0].segment_ids, batches[0].attention_mask.long())

@@ -1,7 +1,7 @@
 """One question about one context, with a question-answering checkpoint.
 
     model = bertkit.load("squad-model/")
-    model.answer("Who wrote it?", "It was written by Ada in 1843.")
+    bertkit.answer(model, "Who wrote it?", "It was written by Ada in 1843.")
     # {"text": "Ada", "start": 18, "end": 21, "score": 0.93}
 
 `start`/`end` are character offsets into `context` (context[start:end] == text); `score` is the
@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from ..device import autocast, model_device, resolve_precision
 from ..errors import BertkitError
-from .features import make_features
-from .inference import window_logits
-from .job import SquadConfig
-from .postprocess import answer_example
-from .squad_data import SquadExample
+from ..qa.features import make_features
+from ..qa.inference import window_logits
+from ..qa.postprocess import answer_example
+from ..qa.settings import AnswerSettings
+from ..qa.squad_data import SquadExample
 
 
 def answer(model, question: str, context: str, threshold: float | None = None, precision: str = "fp32",
@@ -37,7 +37,7 @@ def answer(model, question: str, context: str, threshold: float | None = None, p
         raise BertkitError("this model has no tokenizer (load it with bertkit.load from a checkpoint with vocab.txt)")
     device = model_device(model)
     precision = resolve_precision(precision, device)
-    c = SquadConfig(null_score_diff_threshold=threshold, **settings).resolved(getattr(model, "info", None) or {})
+    c = AnswerSettings(null_score_diff_threshold=threshold, **settings).resolved(getattr(model, "info", None) or {})
     example = SquadExample("q", question, context, [], where="input")
     features = make_features([example], model.tokenizer, max_seq_length=c.max_seq_length, doc_stride=c.doc_stride,
                              max_query_length=c.max_query_length)

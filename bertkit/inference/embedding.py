@@ -23,8 +23,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .device import autocast, model_device, resolve_device, resolve_precision
-from .errors import BertkitError
+from ..device import autocast, model_device, resolve_device, resolve_precision
+from ..errors import BertkitError
 
 POOLINGS = ("none", "cls", "mean", "auto")
 WORD_COMBINES = ("avg", "sum", "last")  # how word_vectors makes a word's vector from its pieces'
@@ -49,7 +49,7 @@ class SentenceRecipe:
     def from_dir(cls, directory) -> "SentenceRecipe":
         from pathlib import Path
 
-        from .textio import read_json
+        from ..textio import read_json
 
         directory = Path(directory)
         modules_file = directory / "modules.json"
@@ -92,7 +92,7 @@ class SentenceRecipe:
 class BertEmbedding:
     def __init__(self, model="all-minilm-l6-v2", max_len: int = 512, batch_size: int = 32, device: str | None = None,
                  precision: str = "fp32"):
-        from .checkpoint import load
+        from ..pretrained import load
 
         by_name = isinstance(model, (str, bytes)) or hasattr(model, "__fspath__")
         self.model = load(model, head="encoder") if by_name else model
@@ -146,7 +146,7 @@ class BertEmbedding:
         last-layer vectors (GluonNLP's `oov_way`). A word is BERT's own: a piece and the `##`
         pieces after it (so punctuation is a word of its own); `sentence[start:end]` is the word.
         """
-        from .tagging.words import piece_groups
+        from ..tagging.words import piece_groups
 
         if combine not in WORD_COMBINES:
             raise BertkitError(f"--words {combine!r}: one of {', '.join(WORD_COMBINES)}")

@@ -14,12 +14,11 @@ from typing import Sequence
 
 import torch
 
-from .device import autocast, model_device, resolve_precision, to_device
-from .errors import BertkitError
-from .model import BertForPreTraining
+from ..device import autocast, evaluating, model_device, resolve_precision, to_device
+from ..errors import BertkitError
+from ..model import BertForPreTraining
 
 
-@torch.no_grad()
 def fill_mask(model: BertForPreTraining, texts: Sequence[str], top_k: int = 5, batch_size: int = 32,
               precision: str = "fp32") -> list[list[list[tuple[str, float]]]]:
     """For each text, for each [MASK] in it (left to right): the `top_k` (token, probability) predictions."""
@@ -37,32 +36,30 @@ def fill_mask(model: BertForPreTraining, texts: Sequence[str], top_k: int = 5, b
     top_k = min(top_k, model.config.vocab_size)
     device = model_device(model)
     precision = resolve_precision(precision, device)
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(texts), batch_size):
-        batch = tok(list(texts[start : start + batch_size]))
-        is_mask = batch.input_ids == tok.mask_id
-        count = is_mask.sum(1)
-        width = max(1, int(count.max()))
-        # (B, P) positions of each row's masks, padded with position 0 and weight 0
-        positions = torch.zeros(len(count), width, dtype=torch.long)
-        weights = torch.zeros(len(count), width)
-        for row in range(len(count)):
-            where = is_mask[row].nonzero().flatten()
-            positions[row, : len(where)] = where
-            weights[row, : len(where)] = 1.0
-        ids, segs, lens, positions, weights = to_device(
-            (batch.input_ids, batch.segment_ids, batch.valid_lengths, positions, weights), device)
-        with autocast(device, precision):
-            logits, _ = model(ids, segs, lens, masked_positions=positions, masked_weights=weights)  # (masks, V)
-        p, top = logits.float().softmax(-1).topk(top_k, dim=-1)
-        p, top = p.cpu(), top.cpu()
-        at = 0
-        for n in count.tolist():
-            out.append([list(zip(tok.convert_ids_to_tokens(top[at + j].tolist()), p[at + j].tolist())) for j in range(n)])
-            at += n
-    model.train(was_training)
+    with evaluating(model):
+        out = []
+        for start in range(0, len(texts), batch_size):
+            batch = tok(list(texts[start : start + batch_size]))
+            is_mask = batch.input_ids == tok.mask_id
+            count = is_mask.sum(1)
+            width = max(1, int(count.max()))
+            # (B, P) positions of each row's masks, padded with position 0 and weight 0
+            positions = torch.zeros(len(count), width, dtype=torch.long)
+            weights = torch.zeros(len(count), width)
+            for row in range(len(count)):
+                where = is_mask[row].nonzero().flatten()
+                positions[row, : len(where)] = where
+                weights[row, : len(where)] = 1.0
+            ids, segs, lens, positions, weights = to_device(
+                (batch.input_ids, batch.segment_ids, batch.valid_lengths, positions, weights), device)
+            with autocast(device, precision):
+                logits, _ = model(ids, segs, lens, masked_positions=positions, masked_weights=weights)  # (masks, V)
+            p, top = logits.float().softmax(-1).topk(top_k, dim=-1)
+            p, top = p.cpu(), top.cpu()
+            at = 0
+            for n in count.tolist():
+                out.append([list(zip(tok.convert_ids_to_tokens(top[at + j].tolist()), p[at + j].tolist())) for j in range(n)])
+                at += n
     return out
 
 

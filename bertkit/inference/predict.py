@@ -1,7 +1,7 @@
 """Predictions of a fine-tuned sequence classification / regression checkpoint.
 
     model = bertkit.load("out/sst2")
-    model.predict(["this movie is so great"])   # [{"label": "1", "score": 0.98}]
+    bertkit.predict(model, ["this movie is so great"])   # [{"label": "1", "score": 0.98}]
 
 For classification `label` is the most probable label and `score` its softmax probability; for
 regression (one output) `label` is None and `score` the predicted value.
@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..device import autocast, model_device, resolve_precision
+from ..device import autocast, evaluating, model_device, resolve_precision
 from ..errors import BertkitError
 from ..tokenizer import TruncationWarning
 
@@ -36,7 +36,6 @@ def _max_len(model) -> int:
     return min(512, model.config.max_position_embeddings)
 
 
-@torch.no_grad()
 def predict(model, texts: str | Sequence[str], texts_b: str | Sequence[str] | None = None,
             max_len: int | None = None, batch_size: int = 64, precision: str = "fp32") -> list[dict]:
     """[{"label", "score"}] for each text (or text pair), in input order. `precision`: "fp32",
@@ -63,26 +62,24 @@ def predict(model, texts: str | Sequence[str], texts_b: str | Sequence[str] | No
     max_len = max_len or _max_len(model)
     regression = model.num_labels == 1
     labels = getattr(model, "labels", None) or [f"LABEL_{i}" for i in range(model.num_labels)]
-    was_training = model.training
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TruncationWarning)
-        encodings = tok.encode_batch(texts, texts_b, max_len=max_len)
-    order = np.argsort([len(e) for e in encodings], kind="stable")
-    out: list[dict | None] = [None] * len(texts)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        batch = tok.pad([encodings[i] for i in rows]).to(device)
-        with autocast(device, precision):
-            logits = model(batch.input_ids, batch.segment_ids, batch.valid_lengths)
-        logits = logits.float().cpu()
-        if regression:
-            for r, i in enumerate(rows):
-                out[i] = {"label": None, "score": float(logits[r, 0])}
-        else:
-            probs = torch.softmax(logits, dim=-1)
-            p, idx = probs.max(dim=-1)
-            for r, i in enumerate(rows):
-                out[i] = {"label": labels[int(idx[r])], "score": float(p[r])}
-    model.train(was_training)
+    with evaluating(model):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TruncationWarning)
+            encodings = tok.encode_batch(texts, texts_b, max_len=max_len)
+        order = np.argsort([len(e) for e in encodings], kind="stable")
+        out: list[dict | None] = [None] * len(texts)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = tok.pad([encodings[i] for i in rows]).to(device)
+            with autocast(device, precision):
+                logits = model(batch.input_ids, batch.segment_ids, batch.valid_lengths)
+            logits = logits.float().cpu()
+            if regression:
+                for r, i in enumerate(rows):
+                    out[i] = {"label": None, "score": float(logits[r, 0])}
+            else:
+                probs = torch.softmax(logits, dim=-1)
+                p, idx = probs.max(dim=-1)
+                for r, i in enumerate(rows):
+                    out[i] = {"label": labels[int(idx[r])], "score": float(p[r])}
     return out

@@ -1,7 +1,7 @@
 """Entities in plain text, from a fine-tuned token-classification checkpoint.
 
     model = bertkit.load("out/ner")
-    model.predict(["EU rejects German call to boycott British lamb."])
+    bertkit.tag(model, ["EU rejects German call to boycott British lamb."])
     # [{"entities": [{"entity": "EU", "type": "ORG", "start": 0, "end": 2, "score": 0.99}, ...]}]
 
 The text is cut into words as CoNLL files are (words.split_words), each word tagged on its first
@@ -21,9 +21,10 @@ from typing import Sequence
 
 from ..device import autocast, model_device, resolve_precision
 from ..errors import BertkitError
-from .labels import entity_spans, is_entity_tag
-from .train import TaggedWindows, word_probabilities
-from .words import split_words
+from ..tagging.features import TaggedWindows
+from ..tagging.inference import word_probabilities
+from ..tagging.labels import entity_spans, is_entity_tag
+from ..tagging.words import split_words
 
 
 def scheme_of(model) -> str:
@@ -35,7 +36,7 @@ def scheme_of(model) -> str:
     return "bio" if labels and all(is_entity_tag(label) for label in labels) else "tags"
 
 
-def predict(model, texts: str | Sequence[str], max_len: int | None = None, batch_size: int = 64,
+def tag(model, texts: str | Sequence[str], max_len: int | None = None, batch_size: int = 64,
             precision: str = "fp32") -> list[dict]:
     """One dict per text: {"entities": [...]} (or {"words": [...]} for plain tags), in input order.
     `precision`: "fp32", "bf16" or "fp16" (autocast on the model's device)."""

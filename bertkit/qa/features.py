@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..batches import pad_rows
 from ..errors import BertkitError
 from ..tokenizer import TruncationWarning
 from .squad_data import SquadDataWarning, SquadExample
@@ -56,12 +57,8 @@ class Features:
         import torch
 
         lengths = self.lengths[rows]
-        width = int(lengths.max())
-        ids = np.zeros((len(rows), width), dtype=np.int64)
-        segs = np.zeros((len(rows), width), dtype=np.int64)
-        for r, i in enumerate(rows):
-            ids[r, : lengths[r]] = self.input_ids[i]
-            segs[r, : lengths[r]] = self.segment_ids[i]
+        ids = pad_rows([self.input_ids[i] for i in rows])
+        segs = pad_rows([self.segment_ids[i] for i in rows])
         return torch.from_numpy(ids), torch.from_numpy(segs), torch.from_numpy(lengths.astype(np.int64))
 
 

@@ -138,8 +138,9 @@ class TorchBackend(Backend):
 
     def __init__(self, directory: Path, quantize: str | None = None, device: str | torch.device = "cpu",
                  precision: str = "fp32"):
-        from ..checkpoint import head_of, load
-        from ..embedding import SentenceRecipe
+        from ..checkpoint import head_of
+        from ..pretrained import load
+        from ..inference.embedding import SentenceRecipe
 
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -159,13 +160,12 @@ class TorchBackend(Backend):
 
             model = quantize_int8(model)  # dynamic int8 Linear layers; the unpadded forward stays
         elif self.device.type == "cpu" and self.precision == "fp32":
-            from ..packed_linear import pack_linear_weights
-            from ..scripted_encoder import use_scripted_encoder
+            from ..cpu import optimize_for_cpu
 
             # the small batches of light load: MKL-packed weights, and one sentence (or an unpadded
-            # group) runs the encoder as one call into compiled kernels (TorchScript where they
-            # cannot be built) instead of ~100 Python-level calls
-            use_scripted_encoder(pack_linear_weights(model))
+            # group) runs the encoder as one call into compiled kernels (the layer-by-layer path
+            # where they cannot be built) instead of ~100 Python-level calls
+            optimize_for_cpu(model)
         else:
             # a GPU, or bf16 autocast on the CPU: the plain model (the CPU paths above are fp32 kernels)
             model.to(self.device)
@@ -175,7 +175,7 @@ class TorchBackend(Backend):
         max_len = int(model.info.get("max_len") or min(512, model.config.max_position_embeddings))
         labels = model.labels if head in ("classification", "token_classification") else None
         super().__init__(directory, model.tokenizer, head, labels, max_len, SentenceRecipe.from_dir(directory), model.info)
-        self.outputs(model.tokenizer(["warm up"]))  # builds the scripted encoder now, not on the first request
+        self.outputs(model.tokenizer(["warm up"]))  # builds the native encoder's weights now, not on the first request
 
     def describe(self):
         return {**super().describe(), "quantization": self.quantize}
@@ -190,13 +190,13 @@ class TorchBackend(Backend):
     def answer(self, question, context):
         if self.head != "question_answering":
             return super().answer(question, context)
-        from ..qa.answer import answer
+        from ..inference.answer import answer
 
         return answer(self.model, question, context, precision=self.precision)
 
     def fill_mask(self, texts, top_k):
         """Per text, per [MASK]: [{token, score}] (the body `bertkit fill-mask` prints per line)."""
-        from ..masked_lm import as_records, fill_mask
+        from ..inference.fill_mask import as_records, fill_mask
         from ..model import BertForPreTraining
 
         if not isinstance(self.model, BertForPreTraining):
@@ -208,7 +208,7 @@ class ExportBackend(Backend):
     """An export directory (`bertkit export`) on ONNX Runtime or PyTorch, as its manifest says."""
 
     def __init__(self, directory: Path, threads: int | None = None):
-        from ..embedding import SentenceRecipe
+        from ..inference.embedding import SentenceRecipe
         from ..export.runtime import ExportedModel
         from ..tokenizer import BertTokenizer
 
@@ -232,7 +232,7 @@ class ExportBackend(Backend):
     def answer(self, question, context):
         if self.head != "question_answering":
             return super().answer(question, context)
-        from ..qa.answer import answer
+        from ..inference.answer import answer
 
         return answer(_LogitsModel(self), question, context)
 
@@ -271,7 +271,7 @@ def load_backend(model: str, backend: str | None = None, threads: int | None = N
     """The backend for `model`: an export directory runs as exported; a checkpoint runs on PyTorch
     (on `device`, in `precision`: see `placement`), or with `backend="onnx"` is exported (and
     verified) to a temporary directory first."""
-    from ..checkpoint import resolve
+    from ..pretrained import resolve
     from ..export.runtime import is_export_dir, read_manifest
 
     if backend not in (None, *BACKENDS):

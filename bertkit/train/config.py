@@ -1,4 +1,5 @@
-"""The options every fine-tuning job shares (`bertkit finetune` and `bertkit squad` flags of the same names)."""
+"""The options training jobs share: `JobConfig` for every job (pretraining too), `TrainConfig` for the
+epoch-based fine-tuning jobs (`bertkit finetune` and `bertkit squad` flags of the same names)."""
 
 from __future__ import annotations
 
@@ -11,28 +12,39 @@ from .loop import LoopOptions, OptimizerSpec
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 3
+class JobConfig:
+    """Batches, optimizer, device and checkpoints: what every training job takes, with the same flags."""
+
     batch_size: int = 32  # rows per batch, all processes together
+    accumulate: int = 1  # gradient accumulation: an optimizer step every N batches
+    max_tokens: int | None = None  # batches of up to this many real tokens instead of `batch_size` rows
     lr: float = 5e-5
     optimizer: str = "adamw"  # adamw | bertadam | lamb
     epsilon: float = 1e-6
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
-    seed: int = 0
-    accumulate: int = 1  # gradient accumulation: an optimizer step every N batches
     max_grad_norm: float = 1.0  # 0 turns clipping off
-    eval_batch_size: int = 128
-    max_train_examples: int | None = None  # a seeded random subset of the training set
-    bucket_batches: int = 1  # batches per length-sorted group; 1: plain shuffled batches (bertkit/batches.py)
-    max_tokens: int | None = None  # batches of up to this many real tokens instead of `batch_size` rows
-    log_every: int = 50  # optimizer steps between metrics.jsonl rows
-    progress: bool = True  # a tqdm bar (stderr)
-    eval_before: bool = False  # score the dev set before training too (epoch 0)
+    seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; weights and checkpoints stay fp32)
     ckpt_interval: int = 0  # also write a resumable checkpoint every N optimizer steps (0: at epoch ends only)
     resume: bool = False  # continue the unfinished run in `out` from its newest checkpoint
+    progress: bool = True  # a tqdm bar (stderr)
+
+    def optimizer_spec(self) -> OptimizerSpec:
+        return OptimizerSpec(self.optimizer, self.lr, self.weight_decay, self.epsilon, self.warmup_ratio, self.max_grad_norm)
+
+
+@dataclass
+class TrainConfig(JobConfig):
+    """An epoch-based fine-tuning job with a dev set."""
+
+    epochs: int = 3
+    eval_batch_size: int = 128
+    max_train_examples: int | None = None  # a seeded random subset of the training set
+    bucket_batches: int = 1  # batches per length-sorted group; 1: plain shuffled batches (bertkit/batches.py)
+    log_every: int = 50  # optimizer steps between metrics.jsonl rows
+    eval_before: bool = False  # score the dev set before training too (epoch 0)
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "accumulate", "eval_batch_size", "bucket_batches", "log_every"):
@@ -60,6 +72,3 @@ class TrainConfig:
         return LoopOptions(precision=self.precision, accumulate=self.accumulate, log_every=self.log_every,
                            eval_before=self.eval_before, ckpt_interval=self.ckpt_interval, ckpt_at_end=False,
                            resume=self.resume, progress=self.progress, quiet=quiet)
-
-    def optimizer_spec(self) -> OptimizerSpec:
-        return OptimizerSpec(self.optimizer, self.lr, self.weight_decay, self.epsilon, self.warmup_ratio, self.max_grad_norm)

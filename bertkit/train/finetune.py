@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..batches import random_batches, sorted_batches, split_rows, token_budget_batches
-from ..device import model_device, peak_rss_mb, to_device
+from ..batches import pad_rows, random_batches, sorted_batches, split_rows, token_budget_batches
+from ..device import evaluating, model_device, peak_rss_mb, to_device
 from ..errors import BertkitError
 from ..tasks.metrics import compute_metrics
 from ..tasks.readers import Task, TaskData, get_task, load_task_data
@@ -60,7 +60,8 @@ def build_task_model(model_name: str, task: Task, labels: list[str] | None, new_
     head keeps it when it is for the same task and labels; otherwise it is refused, unless
     `new_head` (then the head is re-initialised and only the encoder is kept).
     """
-    from ..checkpoint import load_config, load_hf_state_dict, read_bertkit_info, read_weights, resolve, saved_head, saved_labels
+    from ..checkpoint import load_config, load_hf_state_dict, read_bertkit_info, read_weights, saved_head, saved_labels
+    from ..pretrained import resolve
     from ..model import BertForSequenceClassification, BertForTokenClassification
     from ..tokenizer import BertTokenizer
 
@@ -129,29 +130,22 @@ class Encoded:
         return len(self.ids)
 
     def batch(self, rows):
-        width = int(self.lengths[rows].max())
-        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-        segs = np.zeros((len(rows), width), dtype=np.int64)
-        for r, i in enumerate(rows):
-            ids[r, : self.lengths[i]] = self.ids[i]
-            segs[r, : self.lengths[i]] = self.segments[i]
+        ids = pad_rows([self.ids[i] for i in rows], self.pad_id)
+        segs = pad_rows([self.segments[i] for i in rows])
         return (torch.from_numpy(ids), torch.from_numpy(segs), torch.from_numpy(self.lengths[rows]), self.targets[rows])
 
 
 # ---- evaluation -----------------------------------------------------------------------------
-@torch.no_grad()
 def predict_encoded(model, data: Encoded, batch_size: int = 128) -> np.ndarray:
     """Raw model outputs (logits, or regression scores) in the data's original order."""
-    was_training = model.training
-    model.eval()
-    device = model_device(model)
-    out = [None] * len(data)
-    for rows in sorted_batches(data.lengths, batch_size):
-        ids, segs, lens, _ = to_device(data.batch(rows), device)
-        logits = model(ids, segs, lens).float().cpu().numpy()
-        for r, i in enumerate(rows):
-            out[i] = logits[r]
-    model.train(was_training)
+    with evaluating(model):
+        device = model_device(model)
+        out = [None] * len(data)
+        for rows in sorted_batches(data.lengths, batch_size):
+            ids, segs, lens, _ = to_device(data.batch(rows), device)
+            logits = model(ids, segs, lens).float().cpu().numpy()
+            for r, i in enumerate(rows):
+                out[i] = logits[r]
     return np.stack(out) if out else np.zeros((0, 1), dtype=np.float32)
 
 

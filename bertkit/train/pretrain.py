@@ -21,49 +21,41 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import load as load_checkpoint
 from ..config import BertConfig
 from ..data.loader import PretrainingLoader
+from ..device import evaluating
 from ..errors import BertkitError
 from ..model import BertForPreTraining, flops_per_token
+from ..pretrained import load as load_checkpoint
 from ..tokenizer import BertTokenizer
 from . import distributed
 from .checkpoints import write_checkpoint
-from .loop import LoopOptions, OptimizerSpec, TrainingJob, run_training, say
+from .config import JobConfig
+from .loop import LoopOptions, TrainingJob, run_training, say
 from .metrics_log import plot_metrics
 
-@dataclass
-class PretrainOptions:
+@dataclass(kw_only=True)
+class PretrainOptions(JobConfig):
+    """`bertkit pretrain`'s options: JobConfig's (batches, optimizer, device, checkpoints) and these."""
+
     data: str
     out: str
     config: str | None = None  # a named shape (random init) ...
     shape: dict | None = None  # ... or an explicit one: {"layers", "hidden", "heads", "ffn"} (d2l's 2 x 128, FFN 256)
     model: str | None = None  # ... or a checkpoint to continue from
     steps: int = 1000
-    batch_size: int = 32  # global: all ranks and accumulation steps together
-    accumulate: int = 1
     lr: float = 1e-4
     warmup_ratio: float = 0.01
-    optimizer: str = "adamw"
-    weight_decay: float = 0.01
-    epsilon: float = 1e-6
-    max_grad_norm: float = 1.0
-    seed: int = 0
     ckpt_interval: int = 500
     keep_checkpoints: int = 3
     eval_data: str | None = None
     eval_interval: int = 500
     eval_batches: int | None = None  # None: the whole eval set
     log_interval: int = 10
-    resume: bool = False
     resume_or_start: bool = False
     dropout: float | None = None  # override the config's dropout (0 for exactness tests)
     plot: bool = False
     max_minutes: float | None = None  # stop (with a final checkpoint and eval) after this much wall time
-    device: str | None = "auto"
-    precision: str = "fp32"
-    max_tokens: int | None = None  # global batches of up to this many real tokens instead of `batch_size` rows
-    progress: bool = True
     extra: dict = field(default_factory=dict)
 
 
@@ -110,31 +102,28 @@ def mlm_nsp_sums(model, batch: dict, nsp: bool = True) -> dict[str, torch.Tensor
     return sums
 
 
-@torch.no_grad()
 def evaluate(model, data: PretrainingLoader, ctx: distributed.DistributedContext | None = None,
              max_batches: int | None = None) -> dict:
     """MLM accuracy / loss / perplexity and NSP accuracy over held-out shards, each rank scoring its
     share of every batch and the sums all-reduced."""
     ctx = ctx or distributed.DistributedContext()
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(5, dtype=torch.float64)  # mlm_loss, nsp_loss, mlm_correct, nsp_correct, masked
-    rows = 0
-    for i, (part,) in enumerate(data.rank_batches(0, ctx.rank, ctx.world_size)):
-        if max_batches is not None and i >= max_batches:
-            break
-        if len(part["valid_lengths"]) == 0:  # a last batch with fewer rows than ranks
-            continue
-        part = {k: v.to(ctx.device) for k, v in part.items()}
-        s = mlm_nsp_sums(model, part, data.nsp)
-        zero = torch.zeros((), device=ctx.device)
-        totals += torch.stack([s["mlm_loss"], s.get("nsp_loss", zero), s["mlm_correct"], s.get("nsp_correct", zero),
-                               part["masked_lm_weights"].sum()]).double().cpu()
-        rows += part["input_ids"].shape[0]
-    totals = torch.cat([totals, torch.tensor([float(rows)], dtype=torch.float64)])
-    totals = ctx.all_reduce_sum(totals.to(ctx.device)).cpu()
-    mlm_sum, nsp_sum, mlm_correct, nsp_correct, masked, rows = totals.tolist()
-    model.train(was_training)
+    with evaluating(model):
+        totals = torch.zeros(5, dtype=torch.float64)  # mlm_loss, nsp_loss, mlm_correct, nsp_correct, masked
+        rows = 0
+        for i, (part,) in enumerate(data.rank_batches(0, ctx.rank, ctx.world_size)):
+            if max_batches is not None and i >= max_batches:
+                break
+            if len(part["valid_lengths"]) == 0:  # a last batch with fewer rows than ranks
+                continue
+            part = {k: v.to(ctx.device) for k, v in part.items()}
+            s = mlm_nsp_sums(model, part, data.nsp)
+            zero = torch.zeros((), device=ctx.device)
+            totals += torch.stack([s["mlm_loss"], s.get("nsp_loss", zero), s["mlm_correct"], s.get("nsp_correct", zero),
+                                   part["masked_lm_weights"].sum()]).double().cpu()
+            rows += part["input_ids"].shape[0]
+        totals = torch.cat([totals, torch.tensor([float(rows)], dtype=torch.float64)])
+        totals = ctx.all_reduce_sum(totals.to(ctx.device)).cpu()
+        mlm_sum, nsp_sum, mlm_correct, nsp_correct, masked, rows = totals.tolist()
     if masked == 0 or rows == 0:
         raise BertkitError("eval data: no instances to evaluate")
     mlm_loss = mlm_sum / masked
@@ -260,7 +249,7 @@ def _pretrain(opts: PretrainOptions, ctx: distributed.DistributedContext) -> Pat
                        fresh_start_hint="use --resume-or-start to start fresh",
                        resume_same_steps=False,  # pretraining may be resumed with more --steps
                        tensorboard=True, progress=opts.progress)
-    optim = OptimizerSpec(opts.optimizer, opts.lr, opts.weight_decay, opts.epsilon, opts.warmup_ratio, opts.max_grad_norm)
+    optim = opts.optimizer_spec()
     def write_options():  # once the resume checks have passed: a refused run overwrites nothing
         if ctx.is_main:
             (out / "options.json").write_text(json.dumps(info["options"], indent=2) + "\n")

@@ -1,6 +1,6 @@
 """`bertkit squad`: fine-tune a span-extraction head on a SQuAD file, predict another, score it.
 
-    from bertkit.qa.job import SquadConfig, run_squad
+    from bertkit.train.squad import SquadConfig, run_squad
     results = run_squad("all-minilm-l6-v2", "out/", train_file="train.json", predict_file="dev.json")
 
 `out` receives the fine-tuned checkpoint (when training; transformers' BertForQuestionAnswering
@@ -9,6 +9,13 @@ loads it), `metrics.jsonl`, `predictions.json`, `nbest_predictions.json`, for SQ
 keys). For SQuAD 2.0 with answers, the null threshold that maximises F1 on the predict file is
 found, `predictions_best_threshold.json` is written with it, and a checkpoint trained here keeps it
 in `bertkit.json` (`null_score_diff_threshold`) as the default for later predictions.
+
+The loss is run_squad.py's: the mean of the cross-entropies of the start and the end position over
+each window's tokens (padding excluded, so a window's loss does not depend on its batch), averaged
+over the windows of the global batch. Batches are random (`bucket_batches` > 1 sorts groups of that
+many batches by length: less padding, but correlated batches; bertkit/batches.py says what that
+costs), and everything else (device, precision, processes, checkpoints, resume) is the one loop's
+(train/loop.py), as for every bertkit training job.
 """
 
 from __future__ import annotations
@@ -21,60 +28,84 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..device import autocast, peak_rss_mb, resolve_precision
 from ..errors import BertkitError
-from ..train import distributed
-from ..train.checkpoints import remove_checkpoints
-from ..train.config import TrainConfig
-from ..train.loop import say
-from .features import make_features
-from .inference import window_logits
-from .metric import evaluate
-from .postprocess import answer_all, with_threshold
-from .squad_data import SquadDataWarning, read_squad
-from .train import train_spans
-
-# Feature and answer settings a QA checkpoint remembers (bertkit.json) for later predictions.
-REMEMBERED = ("version_2", "max_seq_length", "doc_stride", "max_query_length", "n_best_size", "max_answer_length")
-DEFAULTS = {"version_2": False, "max_seq_length": 384, "doc_stride": 128, "max_query_length": 64,
-            "n_best_size": 20, "max_answer_length": 30}
+from ..qa.features import Features, make_features
+from ..qa.inference import window_logits
+from ..qa.metric import evaluate
+from ..qa.postprocess import answer_all, with_threshold
+from ..qa.settings import REMEMBERED, AnswerSettings
+from ..qa.squad_data import SquadDataWarning, read_squad
+from . import distributed
+from .checkpoints import remove_checkpoints
+from .config import TrainConfig
+from .finetune import RowsJob, run_finetune
+from .loop import say
 
 
 @dataclass
-class SquadConfig(TrainConfig):
-    # None: the QA checkpoint's saved value when predicting with one, else DEFAULTS
-    version_2: bool | None = None
-    max_seq_length: int | None = None
-    doc_stride: int | None = None
-    max_query_length: int | None = None
-    n_best_size: int | None = None
-    max_answer_length: int | None = None
-    null_score_diff_threshold: float | None = None  # None: the checkpoint's tuned one, else 0
+class SquadConfig(TrainConfig, AnswerSettings):
     epochs: int = 2
     eval_batch_size: int = 64
     log_every: int = 20
 
     def resolved(self, info: dict) -> "SquadConfig":
         """A copy with every None setting taken from a checkpoint's bertkit.json, else the default."""
-        c = dataclasses.replace(self)
-        for name in REMEMBERED:
-            if getattr(c, name) is None:
-                setattr(c, name, info.get(name, DEFAULTS[name]))
-        if c.null_score_diff_threshold is None:
-            c.null_score_diff_threshold = float(info.get("null_score_diff_threshold", 0.0))
-        for name in ("max_seq_length", "doc_stride", "max_query_length", "n_best_size", "max_answer_length"):
-            if int(getattr(c, name)) < 1:
-                raise BertkitError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
+        c = AnswerSettings.resolved(self, info)
         c.check()
         return c
+
+
+def span_loss(start_logits, end_logits, valid_lengths, start_positions, end_positions, reduction: str = "mean"):
+    """Mean (or, with reduction="sum", the sum over windows) of the start and end cross-entropies,
+    padded positions masked out."""
+    positions = torch.arange(start_logits.shape[1], device=start_logits.device)
+    pad = positions[None, :] >= valid_lengths[:, None]
+    start_logits = start_logits.float().masked_fill(pad, float("-inf"))
+    end_logits = end_logits.float().masked_fill(pad, float("-inf"))
+    return (F.cross_entropy(start_logits, start_positions, reduction=reduction)
+            + F.cross_entropy(end_logits, end_positions, reduction=reduction)) / 2
+
+
+class SpanBatches:
+    """SQuAD training windows as the loop's rows: `batch(rows)` adds the start and end targets."""
+
+    def __init__(self, features: Features):
+        self.features, self.lengths = features, features.lengths
+        self.starts = torch.from_numpy(features.start_positions)
+        self.ends = torch.from_numpy(features.end_positions)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def batch(self, rows):
+        ids, segs, lens = self.features.batch(rows)
+        return ids, segs, lens, self.starts[rows], self.ends[rows]
+
+
+def span_loss_sums(model, batch) -> dict[str, torch.Tensor]:
+    ids, segs, lens, starts, ends = batch
+    start_logits, end_logits = model(ids, segs, lens)
+    return {"loss": span_loss(start_logits, end_logits, lens, starts, ends, reduction="sum")}
+
+
+def train_spans(model, features: Features, config, out, ctx, tokenizer=None, info: dict | None = None,
+                quiet: bool = False, checkpoints: bool = True):
+    """Train `model` in place on the windows (`config`: a SquadConfig, or any TrainConfig); returns
+    the loop's result. `checkpoints=False` (a model bertkit cannot save, e.g. a reference
+    implementation's) writes no resumable checkpoints."""
+    job = RowsJob("squad", SpanBatches(features), config, span_loss_sums, None, None, tokenizer, info or {})
+    return run_finetune(job, model, out, config, f"squad train: {len(features)} windows, lr {config.lr}", ctx, quiet,
+                        checkpoints=checkpoints)
 
 
 def load_qa_model(model_name: str, training: bool):
     """The model to train (any BERT checkpoint; a missing QA head starts fresh) or to predict with
     (it must be a question-answering checkpoint)."""
-    from ..checkpoint import load
     from ..model import BertForQuestionAnswering
+    from ..pretrained import load
 
     if training:
         model = load(model_name, head="question_answering")

@@ -27,7 +27,8 @@ import numpy as np
 from ..config import BertConfig
 from ..errors import BertkitError
 from .mxnet_params import read_params
-from .source import Converted, Options, check_vocab_size, json_file, lowercase_for, read_vocab_file, shape_config
+from .source import (Converted, Options, check_vocab_size, choose_head, class_labels, expected_names, json_file,
+                     lowercase_for, pad_id, read_vocab_file, shape_config)
 
 _LAYER = r"encoder\.transformer_cells\.(\d+)\."
 _RULES = [
@@ -94,39 +95,33 @@ def read_gluonnlp(path: Path, options: Options) -> Converted:
     if tied is not None and not np.array_equal(tied, tensors[word]):
         raise BertkitError(f"{path}: tensor {prefix}{_TIED_DECODER} differs from {prefix}word_embed.0.weight (they must be tied)")
 
-    has_pretraining = any(k.startswith("cls.") for k in tensors)
-    if task_head is not None and has_pretraining:
-        extra = sorted(origin[k] for k in tensors if k.startswith("cls."))
-        raise BertkitError(f"{path}: a classifier model that also holds pretraining heads ({', '.join(extra)}): keep one")
-    head = "classification" if task_head is not None else "pretraining" if has_pretraining else "encoder"
+    extra = sorted(origin[k] for k in tensors if k.startswith("cls."))
+    head = choose_head(tensors, f"{path}: a classifier model that also holds pretraining heads ({', '.join(extra)}): "
+                                "keep one")
 
     vocab_file = Path(options.vocab) if options.vocab else find_vocab(path)
     vocab = read_vocab_file(vocab_file)
     check_vocab_size(vocab, vocab_file, tensors[word].shape[0], path, prefix + "word_embed.0.weight")
-    pad = vocab.index("[PAD]") if "[PAD]" in vocab else 0
-    config, config_from, inputs = config_for(path, options, len(vocab), pad)
+    config, config_from, inputs = config_for(path, options, len(vocab), pad_id(vocab))
     labels = None
     if head == "classification":
-        rows = tensors["classifier.weight"].shape[0]
-        labels = list(options.labels) if options.labels else [str(i) for i in range(rows)]
-        if len(labels) != rows:
-            raise BertkitError(f"{path}: tensor classifier.{task_head}.weight has {rows} classes but {len(labels)} labels were given")
+        labels = class_labels(tensors, options.labels, f"{path}: tensor classifier.{task_head}.weight")
     zoo = _ZOO_FILE.match(path.name)
     lowercase = lowercase_for(vocab, [zoo[2]] if zoo else [], options.cased)
-
-    layers = config.num_hidden_layers
-    inverse = {body_to_hf(n): prefix + n for n in _source_names(layers)}
-    inverse.update({"classifier.weight": f"classifier.{task_head or 0}.weight", "classifier.bias": f"classifier.{task_head or 0}.bias"})
+    task = f"classifier.{task_head or 0}"
+    expected_name = expected_names(body_to_hf, source_names(config.num_hidden_layers), prefix,
+                                   {"classifier.weight": f"{task}.weight", "classifier.bias": f"{task}.bias"})
     return Converted(
         source=path, config=config, config_from=config_from, tensors=tensors, origin=origin, vocab=vocab,
-        vocab_file=vocab_file, lowercase=lowercase, head=head, expected_name=lambda hf: inverse.get(hf, hf),
+        vocab_file=vocab_file, lowercase=lowercase, head=head, expected_name=expected_name,
         labels=labels,
         info={"converted_from": {"format": "gluonnlp", "file": str(path), "vocab": str(vocab_file), "shape": config_from},
               "inputs": [str(p) for p in inputs]},
     )
 
 
-def _source_names(layers: int) -> list[str]:
+def source_names(layers: int) -> list[str]:
+    """Every tensor name of a GluonNLP BERTModel with `layers` layers (a BERTClassifier holds them under "bert.")."""
     names = ["word_embed.0.weight", "token_type_embed.0.weight", "encoder.position_weight", "encoder.layer_norm.gamma",
              "encoder.layer_norm.beta", "pooler.weight", "pooler.bias", "classifier.weight", "classifier.bias",
              "decoder.0.weight", "decoder.0.bias", "decoder.2.gamma", "decoder.2.beta", "decoder.3.bias"]

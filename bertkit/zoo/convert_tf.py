@@ -26,7 +26,8 @@ from pathlib import Path
 
 from ..config import BertConfig
 from ..errors import BertkitError
-from .source import Converted, Options, check_vocab_size, json_file, lowercase_for, read_vocab_file, shape_config
+from .source import (Converted, Options, check_vocab_size, choose_head, class_labels, expected_names, json_file,
+                     lowercase_for, pad_id, read_vocab_file, shape_config)
 from .tf_bundle import checkpoint_prefix, read_bundle
 
 _LAYER = r"bert/encoder/layer_(\d+)/"
@@ -81,11 +82,8 @@ def read_tensorflow(source: Path, options: Options) -> Converted:
     word = "embeddings.word_embeddings.weight"
     if word not in tensors:
         raise BertkitError(f"{index_file}: no bert/embeddings/word_embeddings variable: not a Google BERT checkpoint")
-    has_pretraining = any(k.startswith("cls.") for k in tensors)
-    has_classifier = "classifier.weight" in tensors or "classifier.bias" in tensors
-    if has_pretraining and has_classifier:
-        raise BertkitError(f"{index_file}: holds both pretraining heads (cls/...) and a classifier (output_weights): keep one")
-    head = "classification" if has_classifier else "pretraining" if has_pretraining else "encoder"
+    head = choose_head(tensors, f"{index_file}: holds both pretraining heads (cls/...) and a classifier (output_weights): "
+                                "keep one")
 
     folder = prefix.parent
     vocab_file = Path(options.vocab) if options.vocab else folder / "vocab.txt"
@@ -93,7 +91,7 @@ def read_tensorflow(source: Path, options: Options) -> Converted:
         raise BertkitError(f"{index_file}: no vocab.txt beside it; pass --vocab FILE")
     vocab = read_vocab_file(vocab_file)
     check_vocab_size(vocab, vocab_file, tensors[word].shape[0], index_file, "bert/embeddings/word_embeddings")
-    pad = vocab.index("[PAD]") if "[PAD]" in vocab else 0
+    pad = pad_id(vocab)
     inputs = [prefix.with_name(prefix.name + ".data-00000-of-00001")]
     if options.shape:
         config, config_from = shape_config(options.shape, len(vocab), pad, "gelu_new"), options.shape
@@ -105,15 +103,12 @@ def read_tensorflow(source: Path, options: Options) -> Converted:
         inputs.append(config_file)
     labels = None
     if head == "classification":
-        rows = tensors["classifier.weight"].shape[0]
-        labels = list(options.labels) if options.labels else [str(i) for i in range(rows)]
-        if len(labels) != rows:
-            raise BertkitError(f"{index_file}: variable output_weights has {rows} classes but {len(labels)} labels were given")
+        labels = class_labels(tensors, options.labels, f"{index_file}: variable output_weights")
     lowercase = lowercase_for(vocab, [folder.name, prefix.name], options.cased)
-    inverse = {tf_to_hf(n): n for n in _source_names(config.num_hidden_layers)}
+    expected_name = expected_names(tf_to_hf, source_names(config.num_hidden_layers))
     return Converted(
         source=index_file, config=config, config_from=config_from, tensors=tensors, origin=origin, vocab=vocab,
-        vocab_file=vocab_file, lowercase=lowercase, head=head, expected_name=lambda hf: inverse.get(hf, hf), labels=labels,
+        vocab_file=vocab_file, lowercase=lowercase, head=head, expected_name=expected_name, labels=labels,
         info={"converted_from": {"format": "tensorflow", "checkpoint": str(prefix), "vocab": str(vocab_file),
                                  "shape": config_from, "hidden_act": "gelu_new: modeling.py's tanh GELU"},
               "inputs": [str(p) for p in inputs if p.exists()]},
@@ -134,7 +129,8 @@ def google_config(path: Path, vocab_size: int, pad: int) -> BertConfig:
         raise BertkitError(f"{path}: {e}") from None
 
 
-def _source_names(layers: int) -> list[str]:
+def source_names(layers: int) -> list[str]:
+    """Every variable name of modeling.py, run_pretraining.py and run_classifier.py for `layers` layers."""
     names = [f"bert/embeddings/{t}_embeddings" for t in ("word", "token_type", "position")]
     names += ["bert/embeddings/LayerNorm/gamma", "bert/embeddings/LayerNorm/beta", "cls/predictions/output_bias",
               "cls/seq_relationship/output_weights", "cls/seq_relationship/output_bias", "output_weights", "output_bias"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..checkpoint import hf_cache_dir
 from ..errors import BertkitError
 
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -27,6 +26,13 @@ SHARD_INDEX = "model.safetensors.index.json"
 
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hf_cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return Path(home) / "hub"
 
 
 def repo_folder(repo: str) -> Path:
@@ -59,6 +65,19 @@ def local_snapshot(repo: str, revision: str = "main") -> Path | None:
     commit = ref.read_text().strip() if ref.is_file() else revision
     snapshot = folder / "snapshots" / commit
     return snapshot if snapshot.is_dir() and is_complete(snapshot) else None
+
+
+def cached_snapshot(repo: str) -> Path | None:
+    """The snapshot `bertkit.load` reads for a model id in the cache: refs/main's, else the newest one
+    holding a config.json (a cache copied from elsewhere may lack refs/); complete or not."""
+    snapshots = repo_folder(repo) / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    ref = repo_folder(repo) / "refs" / "main"
+    if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
+        return snapshots / ref.read_text().strip()
+    candidates = sorted((p for p in snapshots.iterdir() if (p / "config.json").is_file()), key=lambda p: p.stat().st_mtime)
+    return candidates[-1] if candidates else None
 
 
 def files_to_fetch(repo: str, files: list[str]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Turn the names the zoo knows into checkpoint directories, for `checkpoint.resolve` (`bertkit.load`).
+"""Turn the names the zoo knows into checkpoint directories, for `pretrained.resolve` (`bertkit.load`).
 
 - a GluonNLP `.params` file or a Google TensorFlow checkpoint (prefix, `.index` file, or its folder):
   converted once into bertkit's cache (convert.py);
@@ -20,7 +20,7 @@ from ..errors import BertkitError
 from ..textio import read_json
 from ..tokenizer import saved_casing
 from .convert import cache_root, converted_for_loading, detect
-from .hub import download, is_complete, local_snapshot  # is_complete: checkpoint.resolve checks HF cache entries with it
+from .hub import download, local_snapshot
 from .names import ZooEntry, lookup
 from .source import Options
 

@@ -100,3 +100,39 @@ def shape_config(name: str, vocab_size: int, pad: int, act: str) -> BertConfig:
     layers, hidden, heads = parse_shape_name(name)
     return BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                       intermediate_size=4 * hidden, hidden_act=act, pad_token_id=pad)
+
+
+# ---- what the converters decide alike: the head, its labels, the padding id, the names for messages ----
+
+
+def choose_head(tensors: dict[str, np.ndarray], conflict: str) -> str:
+    """"classification" (a task head: `classifier.*`), "pretraining" (the masked-LM and next-sentence
+    heads: `cls.*`) or "encoder". A source holding both kinds of head is refused, `conflict` saying so."""
+    has_classifier = "classifier.weight" in tensors or "classifier.bias" in tensors
+    has_pretraining = any(k.startswith("cls.") for k in tensors)
+    if has_classifier and has_pretraining:
+        raise BertkitError(conflict)
+    return "classification" if has_classifier else "pretraining" if has_pretraining else "encoder"
+
+
+def class_labels(tensors: dict[str, np.ndarray], given: list[str] | None, weight: str) -> list[str]:
+    """A classifier's class names: `given` (one per row of `classifier.weight`), else "0", "1", ...;
+    `weight` names that tensor in the source for the error ("PATH: tensor NAME")."""
+    rows = tensors["classifier.weight"].shape[0]
+    labels = list(given) if given else [str(i) for i in range(rows)]
+    if len(labels) != rows:
+        raise BertkitError(f"{weight} has {rows} classes but {len(labels)} labels were given")
+    return labels
+
+
+def pad_id(vocab: list[str]) -> int:
+    return vocab.index("[PAD]") if "[PAD]" in vocab else 0
+
+
+def expected_names(to_hf: Callable[[str], str | None], names: list[str], prefix: str = "",
+                   extra: dict[str, str] | None = None) -> Callable[[str], str]:
+    """`Converted.expected_name`: a Hugging Face name -> the source name it comes from (`prefix` + one
+    of the source's `names`, or as `extra` says); a name the source has no word for stays as it is."""
+    inverse = {to_hf(n): prefix + n for n in names}
+    inverse.update(extra or {})
+    return lambda hf: inverse.get(hf, hf)

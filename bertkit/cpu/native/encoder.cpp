@@ -1,7 +1,7 @@
-// The encoder of bertkit/scripted_encoder.py (_FlatEncoder.forward) in C++, for one short unpadded
-// batch on the CPU. Built on the user's machine by bertkit/native_encoder.py (torch.utils.cpp_extension).
+// BERT's encoder and pooler (bertkit/model.py's BertModel.forward) in C++, for one short unpadded
+// batch on the CPU. Built on the user's machine by bertkit/cpu/native/encoder.py (torch.utils.cpp_extension).
 //
-// Why: at one sentence of ~25 tokens the GEMMs (MKL's packed sgemm, as in the script) are two thirds
+// Why: at one sentence of ~25 tokens the GEMMs (MKL's packed sgemm, as packed_linear.py) are two thirds
 // of the time, and what remains is many small operations, each a pass over memory and a thread
 // fork/join. Here attention, residual add + LayerNorm, GELU and the embedding sum are single passes
 // over vectors held in registers:
@@ -236,7 +236,7 @@ void check_ids(const Tensor& ids, int64_t limit, const char* what) {
 
 // (hidden states (B, T, H), pooled (B, H) or (0, H) without a pooler); with cls_only the first output
 // is the final [CLS] rows (B, H) and the last layer's work after attention runs for them alone.
-// ids, segs: contiguous int64 (B, T), T <= max positions; tensors as _FlatEncoder holds them.
+// ids, segs: contiguous int64 (B, T), T <= max positions; tensors as encoder.py's _EncoderWeights holds them.
 std::tuple<Tensor, Tensor> encode(const Tensor& ids, const Tensor& segs, bool cls_only,
                                   const Tensor& word, const Tensor& segment, const Tensor& position,
                                   const Tensor& emb_w, const Tensor& emb_b,

@@ -1,28 +1,50 @@
-"""Compiled CPU kernels for the scripted encoder's function: one short sentence faster than ONNX Runtime.
+"""The encoder in compiled kernels, for small unpadded CPU inputs: one short sentence faster than ONNX Runtime.
 
-`native_encoder.cpp` runs the same computation as `scripted_encoder._FlatEncoder.forward` (MKL's
-packed GEMMs over the same tensors) with its own vectorized attention, add + LayerNorm, GELU and
-embedding sum. It is compiled on first use on the user's machine with PyTorch's C++ extension
-builder (a C++ compiler and ninja; about 30 s, once), for the instruction set PyTorch itself uses
-on this CPU, and cached under `$TORCH_EXTENSIONS_DIR` (default `~/.cache/torch_extensions`).
+For one short sentence (SST-2 dev: 25 tokens on average) BERT's matrix multiplies are small and the
+rest of a forward pass is mostly Python: each of the ~100 PyTorch calls of a MiniLM forward costs a
+few microseconds of interpreter and module overhead, and together they cost as much as a third of
+the GEMMs. `encoder.cpp` runs the whole encoder and pooler as one call from C++, over the model's own
+tensors and a few derived copies:
+- MKL-packed weights for all four matrix multiplies of a layer (as `packed_linear.py`);
+- the attention scale 1/sqrt(head_dim) folded into the query rows of the Q/K/V weight, once;
+- its own vectorized attention, add + LayerNorm, GELU and embedding sum, single passes over memory;
+- no padding bookkeeping: it is used only when every row is full (no padding at all).
 
-Where it cannot be built (no compiler) or does not apply (head size not a multiple of 16 up to
-128), `scripted_encoder` runs the TorchScript function instead, with the same results up to
-float32 rounding. `BERTKIT_NATIVE=0` turns the kernels off.
+It is compiled on first use on the user's machine with PyTorch's C++ extension builder (a C++
+compiler and ninja; about 30 s, once), for the instruction set PyTorch itself uses on this CPU, and
+cached under `$TORCH_EXTENSIONS_DIR` (default `~/.cache/torch_extensions`). `optimize_for_cpu`
+attaches a `NativeEncoder` to each BertModel as `model.cpu_encoder`, and `BertModel.forward` asks it
+first. Where the kernels cannot be built (no compiler), do not apply (head size not a multiple of 16
+up to 128) or are turned off (`BERTKIT_NATIVE=0`), nothing is attached and the layer-by-layer path
+runs. Which inputs it takes is `dispatch.kernel`'s "encoder" row: eval mode without gradients, float32
+layers, unpadded inputs of up to `max_tokens` tokens in all (above that the layer-by-layer path with
+its fused oneDNN kernels is as fast: benchmarks/native_token_limit.py). The derived copies are
+rebuilt when any parameter changes (weight_cache.py). Outputs equal the layer-by-layer path's up to
+float32 rounding (tests/test_native_encoder.py).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
+import torch.nn as nn
 
-_SOURCE = Path(__file__).with_name("native_encoder.cpp")
+from ..dispatch import kernel, mkl_packing_available
+from ..ops import ACTIVATIONS
+from ..weight_cache import PACK_FOR_ROWS, ParametersWatch
+
+# Up to this many tokens per call the kernels beat the layer-by-layer path (MiniLM, 2 threads: 1.13x
+# at 256 tokens, 1.01x at 384; benchmarks/native_token_limit.py, docs/benchmarks.md).
+MAX_TOKENS = 256
+
+_SOURCE = Path(__file__).with_name("encoder.cpp")
 _HEAD_STEP = 16  # the kernels take head sizes in multiples of 16 up to 128 (and widths in multiples of 16)
 # torch.backends.cpu.get_cpu_capability() -> compiler flags for the same instruction set
 _ISA_FLAGS = {
@@ -34,25 +56,30 @@ _loaded: Optional[Tuple[object, str]] = None  # (module or None, why not)
 
 
 def kernels_apply(config) -> bool:
-    """Whether the kernels handle this model's shapes (every activation of the script is handled)."""
+    """Whether the kernels handle this model's shapes and activation."""
     return (config.head_dim % _HEAD_STEP == 0 and config.head_dim <= 8 * _HEAD_STEP
-            and config.intermediate_size % _HEAD_STEP == 0)
+            and config.intermediate_size % _HEAD_STEP == 0 and config.hidden_act in ACTIVATIONS)
 
 
 def load_kernels():
     """The compiled module, or None (with one warning saying why) where it cannot be built here."""
     global _loaded
+    if _loaded is not None:
+        return _loaded[0]
     with _lock:
         if _loaded is None:
             _loaded = _build()
             if _loaded[0] is None:
-                warnings.warn(f"bertkit: native encoder kernels unavailable ({_loaded[1]}); using TorchScript", stacklevel=3)
+                warnings.warn(f"bertkit: native encoder kernels unavailable ({_loaded[1]}); "
+                              "the layer-by-layer path runs", stacklevel=4)
         return _loaded[0]
 
 
 def _build() -> Tuple[object, str]:
     if os.environ.get("BERTKIT_NATIVE", "1") == "0":
         return None, "BERTKIT_NATIVE=0"
+    if not mkl_packing_available():
+        return None, "PyTorch was built without MKL"
     capability = torch.backends.cpu.get_cpu_capability()
     name = f"bertkit_encoder_{capability.lower()}"
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
@@ -67,20 +94,101 @@ def _build() -> Tuple[object, str]:
             name, [str(_SOURCE)], build_directory=str(build_dir),
             extra_cflags=["-O3", "-fopenmp", *_ISA_FLAGS.get(capability, [])], extra_ldflags=["-fopenmp"], verbose=False)
         return module, ""
-    except Exception as e:  # no compiler, no ninja, read-only cache, ...: the TorchScript path still works
+    except Exception as e:  # no compiler, no ninja, read-only cache, ...: the layer-by-layer path still works
         lines = str(e).strip().splitlines() or [type(e).__name__]
         return None, next((line.strip() for line in lines if "error:" in line), lines[0])  # the compiler's own words
 
 
+class _EncoderWeights:
+    """The model's encoder and pooler tensors (shared, not copied) as the kernels take them, and the
+    derived copies: packed weights, and the Q/K/V weight with its query rows scaled."""
+
+    def __init__(self, bert):
+        cfg = bert.config
+        self.heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
+        self.eps, self.activation = cfg.layer_norm_eps, ACTIVATIONS[cfg.hidden_act].native
+        emb = bert.embeddings
+        self.word, self.segment = emb.word_embeddings.weight.detach(), emb.token_type_embeddings.weight.detach()
+        self.position = emb.position_embeddings.weight.detach()
+        self.emb_norm_w, self.emb_norm_b = emb.norm.weight.detach(), emb.norm.bias.detach()
+        linears: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        norms: List[torch.Tensor] = []
+        h, scale = cfg.hidden_size, self.head_dim ** -0.5
+        for layer in bert.layers:
+            qkv_w, qkv_b = layer.qkv.weight.detach().clone(), layer.qkv.bias.detach().clone()
+            qkv_w[:h] *= scale  # q k^T / sqrt(d) == (q / sqrt(d)) k^T: the scale costs nothing here
+            qkv_b[:h] *= scale
+            linears += [(qkv_w, qkv_b)] + [(m.weight.detach(), m.bias.detach()) for m in (layer.attn_out, layer.ffn_in, layer.ffn_out)]
+            for norm in (layer.attn_norm, layer.ffn_norm):
+                norms += [norm.weight.detach(), norm.bias.detach()]
+        self.has_pooler = bert.pooler is not None
+        if self.has_pooler:
+            linears.append((bert.pooler.weight.detach(), bert.pooler.bias.detach()))
+        self.weights = [w for w, _ in linears]
+        self.biases = [b for _, b in linears]
+        self.packed = [torch.ops.mkl._mkl_reorder_linear_weight(w, PACK_FOR_ROWS) for w in self.weights]
+        self.norms = norms
+
+    def encode(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, cls_only: bool):
+        return load_kernels().encode(
+            input_ids.long().contiguous(), segment_ids.long().contiguous(), cls_only, self.word, self.segment,
+            self.position, self.emb_norm_w, self.emb_norm_b, self.packed, self.weights, self.biases, self.norms,
+            self.heads, self.head_dim, self.eps, self.activation, self.has_pooler)
+
+
 class NativeEncoder:
-    """Calls the compiled `encode` over a `_FlatEncoder`'s tensors; same signature as the script."""
+    """Attached to a BertModel as `model.cpu_encoder` (by `optimize_for_cpu`); `BertModel.forward`
+    asks it first. A plain object, not a submodule: the model's state dict, `.to()` and parameters
+    are unchanged. The derived weights are built on the first call that can use them and rebuilt
+    when a parameter changes."""
 
-    def __init__(self, flat, kernels):
-        self.flat, self.kernels = flat, kernels
+    def __init__(self, bert, max_tokens: int = MAX_TOKENS):
+        self.bert, self.max_tokens = bert, max_tokens
+        self._weights, self._built_from, self._watch = None, None, ParametersWatch(bert)
 
-    def __call__(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, cls_only: bool):
-        f = self.flat
-        return self.kernels.encode(
-            input_ids.long().contiguous(), segment_ids.long().contiguous(), cls_only, f.word, f.segment, f.position,
-            f.emb_norm_w, f.emb_norm_b, f.packed, f.weights, f.biases, f.norms, f.heads, f.head_dim, f.eps, f.activation,
-            f.has_pooler)
+    def __call__(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None, cls_only=False):
+        """BertModel.forward's (sequence output, pooled output) for an unpadded batch, or None where
+        the kernels do not take it (then the caller runs the layer-by-layer path). With `cls_only`:
+        (final [CLS] hidden states (B, H), pooled output), for BertModel.pooled_output: the last
+        layer's per-token work after attention runs for those rows alone."""
+        if kernel("encoder", input_ids, self, valid_lengths=valid_lengths, attention_mask=attention_mask) != "native":
+            return None
+        segment_ids = torch.zeros_like(input_ids) if segment_ids is None else segment_ids
+        seq, pooled = self._weights.encode(input_ids, segment_ids, cls_only)
+        return seq, (pooled if self.bert.pooler is not None else None)
+
+    def current_weights(self) -> Optional[_EncoderWeights]:
+        """The kernels' tensors for the model's parameters as they are now (rebuilt after any change),
+        or None where its layers are not plain float32 ones (int8, half precision)."""
+        key = self._watch.key()
+        if self._built_from != key:
+            self._weights = _EncoderWeights(self.bert) if _plain_float_layers(self.bert) else None
+            self._built_from = key
+        return self._weights
+
+    @property
+    def ready(self) -> bool:
+        """Whether the derived weights are built for the layers as they were at the last call that
+        asked: that call ran the kernels."""
+        return self._weights is not None
+
+    def __deepcopy__(self, memo):
+        # a deep-copied model gets its own (lazily built) weights over its own tensors
+        return NativeEncoder(copy.deepcopy(self.bert, memo), self.max_tokens)
+
+
+def _plain_float_layers(bert) -> bool:
+    """float32 nn.Linear weights throughout (a quantized or half-precision model keeps its own path)."""
+    linears = [m for layer in bert.layers for m in (layer.qkv, layer.attn_out, layer.ffn_in, layer.ffn_out)]
+    return bert.embeddings.word_embeddings.weight.dtype == torch.float32 and all(
+        isinstance(m, nn.Linear) and type(m.weight) is nn.Parameter and m.weight.dtype == torch.float32 and m.bias is not None
+        for m in linears + ([bert.pooler] if bert.pooler is not None else []))
+
+
+def attach_native_encoder(bert, max_tokens: int = MAX_TOKENS) -> bool:
+    """Give `bert` (a BertModel) a NativeEncoder where the kernels build (compiled now, on first use
+    on this machine) and take its shapes; whether it got one."""
+    if not kernels_apply(bert.config) or load_kernels() is None:
+        return False
+    bert.cpu_encoder = NativeEncoder(bert, max_tokens)
+    return True
