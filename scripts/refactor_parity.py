@@ -46,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from quality_ablation import conll_sentences  # scripts/: the CoNLL sentence blocks, as the ablation cuts them
+
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "all-minilm-l6-v2"
 
@@ -306,20 +308,6 @@ def combine(*results: Result) -> Result:
 
 
 # ---- inputs (shared by both trees) -----------------------------------------------------------------
-def conll_sentences(path: Path) -> list[str]:
-    blocks, current = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            if current:
-                blocks.append("\n".join(current))
-            current = []
-        elif not line.startswith("-DOCSTART-"):
-            current.append(line)
-    if current:
-        blocks.append("\n".join(current))
-    return blocks
-
-
 def generated_corpus(lines: int) -> str:
     """Documents of made-up sentences (one per line, blank line between documents), seeded."""
     rng = random.Random(0)
