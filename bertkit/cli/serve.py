@@ -1,10 +1,13 @@
 """`bertkit serve`: embeddings, predictions and answers over HTTP, with dynamic batching."""
 
+import os
 import threading
 
 from .options import add_device_arguments
 
 MAX_WORKERS = 8  # batches in flight at once at most (each holds its activations)
+API_KEY_ENV = "BERTKIT_API_KEY"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def add_arguments(p):
@@ -21,6 +24,8 @@ def add_arguments(p):
     p.add_argument("--max-queue", type=int, default=1024, help="inputs waiting at most; beyond it requests get 503")
     p.add_argument("--max-client-batch-size", type=int, default=32, help="inputs one request may send")
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's choice)")
+    p.add_argument("--api-key", help=f"requests to any route but /health need 'Authorization: Bearer KEY', else 401 "
+                                     f"(default: ${API_KEY_ENV}; unset: no key; the variable keeps it out of ps)")
     add_device_arguments(p)  # a checkpoint on --backend torch; exports, onnx and int8 run on the CPU in their own precision
 
 
@@ -34,15 +39,18 @@ def run(args):
             raise BertkitError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.max_wait_ms < 0:
         raise BertkitError(f"--max-wait-ms must not be negative, got {args.max_wait_ms}")
+    api_key = api_key_of(args.api_key, os.environ)
     from ..serve.backends import placement
 
     # a device or precision this machine or backend cannot run: one line, before anything is loaded
     device, precision = placement(args.model, args.backend, args.quantize, args.device, args.precision)
-    try:
-        import uvicorn
-    except ImportError:
-        raise BertkitError("bertkit serve needs FastAPI and uvicorn: pip install 'bertkit[serve]'") from None
+    from importlib.util import find_spec
+
+    missing = [name for name in ("fastapi", "uvicorn", "prometheus_client") if find_spec(name) is None]
+    if missing:
+        raise BertkitError(f"bertkit serve needs {', '.join(missing)}: pip install 'bertkit[serve]'")
     import torch
+    import uvicorn
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -62,12 +70,15 @@ def run(args):
     workers = 1 if args.threads or not backend.concurrent_forwards or not follows_machine() else \
         min(MAX_WORKERS, configure_threads().threads)
     batcher = DynamicBatcher(backend.forward, args.max_batch_size, args.max_wait_ms, args.max_queue, workers=workers)
-    app = create_app(backend, batcher, str(args.model), max_client_batch_size=args.max_client_batch_size)
+    app = create_app(backend, batcher, str(args.model), max_client_batch_size=args.max_client_batch_size,
+                     api_key=api_key)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=None)
     server = uvicorn.Server(config)
     log(f"{backend.head} model on {backend.name} ({backend.device}, {backend.precision}), batches of up to {args.max_batch_size} "
         f"(wait {args.max_wait_ms:g} ms, {workers} at a time under load); listening on http://{args.host}:{args.port}")
+    if access := _access_line(api_key, args.host):
+        log(access)
     try:
         server.run()  # SIGTERM / Ctrl-C: stop accepting, finish the accepted requests, exit
     except SystemExit as e:  # uvicorn exits 1 when it cannot bind the port
@@ -77,6 +88,26 @@ def run(args):
         batcher.close()
     log("stopped")
     return 0
+
+
+def api_key_of(flag: str | None, environ) -> str | None:
+    """The API key: --api-key, else $BERTKIT_API_KEY (set but empty counts as unset), else None."""
+    key, source = (flag, "--api-key") if flag is not None else (environ.get(API_KEY_ENV) or None, API_KEY_ENV)
+    if key is not None and not (key and key.isascii() and key.isprintable() and " " not in key):
+        from ..errors import BertkitError
+
+        raise BertkitError(f"{source}: the key must be one word of printable ASCII (it travels in an HTTP header, "
+                           "'Authorization: Bearer KEY')")
+    return key
+
+
+def _access_line(api_key: str | None, host: str) -> str | None:
+    """What the startup log says about access (never the key itself); on localhost without a key, nothing."""
+    if api_key is not None:
+        return "API key required on every route but /health (Authorization: Bearer); GET /metrics for Prometheus"
+    if host not in LOOPBACK:
+        return f"no API key: anyone who can reach {host} may use this server (--api-key or ${API_KEY_ENV} to require one)"
+    return None
 
 
 def _on_a_passing_thread(fn):

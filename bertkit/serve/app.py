@@ -4,7 +4,7 @@
     POST /embed           text-embeddings-inference's shape: {"inputs": str | [str], "normalize", "truncate"}
     POST /predict         {"inputs": str | [str | [text, text_b]]} -> [{"label", "score"}] per input
     POST /answer          {"question": str, "context": str} -> {"text", "start", "end", "score"}
-    GET  /health, /info
+    GET  /health, /info, /metrics (Prometheus; access.py, with the API key check)
 
 Bodies are parsed and checked here, before anything is queued, so a bad request is answered with a
 4xx JSON error that names the field and never reaches (or slows) the batch other clients share.
@@ -28,16 +28,12 @@ from fastapi.responses import JSONResponse
 
 from ..errors import BertkitError
 from ..tokenizer import TruncationWarning
+from .access import Metrics, add_access
 from .batcher import DynamicBatcher, QueueFull
+from .problems import Problem, problem_response
 
 JSON_TYPES = {str: "a string", int: "a number", float: "a number", bool: "a boolean", list: "a list", dict: "an object",
               type(None): "null"}
-
-
-class Problem(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
 
 
 def _json_type(value) -> str:
@@ -45,7 +41,8 @@ def _json_type(value) -> str:
 
 
 def create_app(backend, batcher: DynamicBatcher, model_name: str, max_client_batch_size: int = 32,
-               max_body_bytes: int = 4 << 20, max_context_chars: int = 100_000) -> FastAPI:
+               max_body_bytes: int = 4 << 20, max_context_chars: int = 100_000, api_key: str | None = None) -> FastAPI:
+    """The app; with `api_key`, every request but GET /health needs `Authorization: Bearer <api_key>`."""
     api = Api(backend, batcher, model_name, max_client_batch_size, max_body_bytes, max_context_chars)
     app = FastAPI(title="bertkit", lifespan=_lifespan(backend, batcher), docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -53,6 +50,7 @@ def create_app(backend, batcher: DynamicBatcher, model_name: str, max_client_bat
     _add_info_routes(app, api)
     _add_embedding_routes(app, api)
     _add_task_routes(app, api)
+    add_access(app, Metrics(batcher), api_key)  # GET /metrics, the key check, the request counts
     return app
 
 
@@ -75,12 +73,7 @@ def _lifespan(backend, batcher: DynamicBatcher):
 
 
 async def _problem(request: Request, e: Problem):
-    headers = {"Retry-After": "1"} if e.status == 503 else None
-    if request.url.path == "/embed":
-        kind = {413: "Validation", 422: "Validation", 400: "Validation", 503: "Overloaded"}.get(e.status, "Backend")
-        return JSONResponse({"error": e.message, "error_type": kind}, status_code=e.status, headers=headers)
-    return JSONResponse({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.status}},
-                        status_code=e.status, headers=headers)
+    return problem_response(request.url.path, e)
 
 
 async def _not_found(request: Request, e):

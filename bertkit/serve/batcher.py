@@ -65,6 +65,7 @@ class DynamicBatcher:
         self.accepted = 0  # inputs ever accepted into the queue; with the two below, for /info and tests
         self.batches_run = 0
         self.inputs_run = 0
+        self.on_batch: Callable[[int], None] | None = None  # told each run batch's size (access.py's histogram)
         self.calls_alone = threading.Lock()  # call jobs use the backend's own tokenizer: one at a time
         self.first_busy = False  # the first worker is running a batch (the others help only then)
         self.threads = [threading.Thread(target=self._work, args=(k,), name=f"bertkit-batcher-{k}", daemon=True)
@@ -169,6 +170,8 @@ class DynamicBatcher:
                     with self.cond:
                         self.batches_run += 1
                         self.inputs_run += len(batch)
+                    if self.on_batch is not None:
+                        self.on_batch(len(batch))
                 if len(results) != len(batch):
                     raise RuntimeError(f"the model gave {len(results)} results for {len(batch)} inputs")
             except BaseException as e:  # noqa: BLE001 - a failed batch fails its own requests, not the server
