@@ -63,16 +63,27 @@ class DistributedContext:
             dist.destroy_process_group()
 
 
-def setup(device: str | None = "auto") -> DistributedContext:
-    """Join the process group torchrun describes (if any) and pick this rank's device: under
-    torchrun with CUDA, GPU LOCAL_RANK; otherwise `device` as `--device` gives it."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+def launch_env() -> tuple[int, int, int]:
+    """(RANK, WORLD_SIZE, LOCAL_RANK) as torchrun sets them; (0, 1, 0) for a plain command."""
+    env = os.environ
+    return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
+
+
+def rank_device(device: str | None, local_rank: int, world_size: int) -> torch.device:
+    """This rank's device: under torchrun with CUDA, GPU LOCAL_RANK (made current); otherwise
+    `device` as `--device` gives it. Needs no process group (`bertkit embed` joins none)."""
     dev = resolve_device(device)
     if dev.type == "cuda" and world_size > 1:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def setup(device: str | None = "auto") -> DistributedContext:
+    """Join the process group torchrun describes (if any) and pick this rank's device: under
+    torchrun with CUDA, GPU LOCAL_RANK; otherwise `device` as `--device` gives it."""
+    rank, world_size, local_rank = launch_env()
+    dev = rank_device(device, local_rank, world_size)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return DistributedContext(rank, world_size, local_rank, dev)
