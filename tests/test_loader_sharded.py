@@ -322,3 +322,13 @@ def test_data_may_be_a_glob_pattern(shard_dirs, tmp_path):
     assert [p.name for p in some.shards] == [p.name for p in whole.shards[:2]]
     with pytest.raises(BertkitError, match="no .npz shards match"):
         PretrainingLoader(str(tmp_path / "*.npz"), batch_size=32)
+
+
+def test_a_shard_of_pickled_object_arrays_is_refused_in_one_line(tmp_path):
+    """GluonNLP's pretraining .npz files hold ragged rows as object arrays; loading them would unpickle."""
+    rows = np.empty(2, dtype=object)
+    rows[0], rows[1] = np.arange(5), np.arange(7)
+    np.savez(tmp_path / "part-000.npz", input_ids=rows, valid_lengths=np.array([5, 7]))
+    with pytest.raises(BertkitError, match=r"part-000\.npz: array 'input_ids' holds pickled Python objects"):
+        ShardFile(tmp_path / "part-000.npz")
+

@@ -29,6 +29,7 @@ def add_arguments(p):
                    help="adamw (torch), bertadam (Google BERT's: no bias correction), lamb")
     p.add_argument("--warmup-ratio", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--epsilon", type=float, default=1e-6, help="Adam epsilon (default 1e-6; GluonNLP's SQuAD runs use 1e-8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-train-examples", type=int, metavar="N", help="train on a seeded random subset of N questions")
     p.add_argument("--bucket-batches", type=int, default=1, metavar="N",

@@ -109,6 +109,10 @@ class ShardFile:
                 }
         except (OSError, ValueError, zipfile.BadZipFile, BertkitError) as e:
             raise BertkitError(f"{self.path}: not a readable .npz shard ({e})") from None
+        pickled = [name for name, m in self.members.items() if m.dtype.hasobject]
+        if pickled:  # GluonNLP's pretraining .npz files store ragged rows as pickled object arrays
+            raise BertkitError(f"{self.path}: array {pickled[0]!r} holds pickled Python objects (a GluonNLP .npz?), "
+                               "which bertkit never unpickles; write the shards from the text with `bertkit pretrain-data`")
 
     def __contains__(self, name: str) -> bool:
         return name in self.members
