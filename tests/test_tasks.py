@@ -251,6 +251,8 @@ def test_ag_news_reads_the_distributed_csv_layout(tmp_path, data_dir):
     assert first.label == "Business" and first.text_a.startswith("Fears for T N pension after talks Unions representing")
     assert not any("\\" in e.text_a for e in data.train)  # the description's line breaks are spaces
     assert {e.label for e in data.train} == set(data.labels)
+    every = [e.label for e in data.train + data.dev["dev"]]  # the 7,600-row test split: 1,900 of each class
+    assert {label: every.count(label) for label in data.labels} == dict.fromkeys(data.labels, 1900)
 
 
 def test_ag_news_errors_name_the_file_and_line(tmp_path):

@@ -47,7 +47,7 @@ def run(args):
     v = m["verification"]
     print(f"exported {m['head']} model as {args.format}{' int8' if args.quantize else ''}: "
           f"{args.out}/{m['model_file']} ({m['export_seconds']:.1f} s)", file=sys.stderr)
-    line = f"verified on {v['sentences']} real sentences in {v['batches']} batches: max |export - PyTorch| = {v['max_abs_diff']:.2e}"
+    line = f"verified on {v['sentences']} sentences in {v['batches']} batches: max |export - PyTorch| = {v['max_abs_diff']:.2e}"
     if device.type != "cpu":
         line += f" (PyTorch fp32 on {device})"
     if "tolerance" in v:

@@ -10,7 +10,8 @@ NAMED_CORPORA = ("wiki-sample", "wiki-sample:train", "wiki-sample:heldout")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", nargs="+", required=True, metavar="FILE",
-                   help="corpus files, or the embedded corpus wiki-sample (wiki-sample:heldout for its held-out part)")
+                   help="corpus files or glob patterns (quoted ones too, as GluonNLP's --input_file takes them), or the "
+                        "embedded corpus wiki-sample (wiki-sample:heldout for its held-out part)")
     p.add_argument("--vocab", required=True, metavar="VOCAB",
                    help="vocab.txt, a directory holding vocab.txt (and tokenizer_config.json for the casing), a model "
                         "name (its vocabulary), or a GluonNLP vocabulary name such as book_corpus_wiki_en_uncased")
@@ -71,12 +72,30 @@ def _named_vocabulary(name: str) -> Path:
         raise BertkitError(f"--vocab {name}: not a file or directory, and no model or vocabulary of that name ({e})") from None
 
 
+def _expand_globs(names: list[str]) -> list[str]:
+    """Each pattern (`*`, `?`, `[`) as the sorted files it matches; other names as given."""
+    import glob
+
+    from ..errors import BertkitError
+
+    out = []
+    for name in names:
+        if not Path(name).exists() and any(c in name for c in "*?["):
+            matched = sorted(glob.glob(name))
+            if not matched:
+                raise BertkitError(f"--input {name}: the pattern matches no file")
+            out += matched
+        else:
+            out.append(name)
+    return out
+
+
 def resolve_inputs(names: list[str], fmt: str):
     from ..data.corpus import detect_format
     from ..data.pretraining import CorpusFile
 
     files = []
-    for name in names:
+    for name in _expand_globs(names):
         if name in NAMED_CORPORA and not Path(name).exists():
             from ..data.wiki_sample import wiki_sample_paths
 

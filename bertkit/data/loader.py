@@ -60,7 +60,7 @@ import torch
 from ..errors import BertkitError
 from .masking import MaskingVocab, mask_tokens
 from .shard_reader import ShardFile
-from .shards import INSTANCE_ARRAYS, MASK_ARRAYS, list_shards, read_stats, shard_directory
+from .shards import INSTANCE_ARRAYS, MASK_ARRAYS, check_one_kind, list_shards, read_stats, shard_directory
 
 BATCH_KEYS = ("input_ids", "segment_ids", "valid_lengths", "masked_lm_positions", "masked_lm_ids",
               "masked_lm_weights", "next_sentence_labels")
@@ -166,6 +166,7 @@ class PretrainingLoader:
         self.data_dir = shard_directory(data_dir) if self.shards else Path(data_dir)
         if not self.shards:
             raise BertkitError(f"{self.data_dir}: no .npz shards (make them with bertkit pretrain-data)")
+        check_one_kind(data_dir, self.shards)  # a glob over several directories: one kind of shards
         self.stats = read_stats(self.data_dir) or {}
         settings = self.stats.get("settings", {})
         self.shard_sizes = [shard_rows(p) for p in self.shards]

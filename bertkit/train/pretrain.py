@@ -170,6 +170,13 @@ def _set_dropout(model: torch.nn.Module, p: float) -> None:
             m.attn_dropout = p
 
 
+MLM_ONLY = "masked-LM-only pretraining (--no-nsp shards)"  # the job identity of a run on --no-nsp shards
+
+
+def shard_kind(nsp: bool) -> str:
+    return "next-sentence pairs" if nsp else "--no-nsp single segments"
+
+
 class PretrainingJob(TrainingJob):
     """Masked LM + NSP on shards: this rank's micro-batches of each global batch, straight from the loader."""
 
@@ -182,6 +189,7 @@ class PretrainingJob(TrainingJob):
         self.data, self.eval_data, self.opts, self.ctx = data, eval_data, opts, ctx
         if not data.nsp:  # --no-nsp shards: the masked LM alone, and no NSP numbers in metrics.jsonl
             self.loss_terms, self.stat_keys = {"mlm_loss": "masked"}, ("mlm_correct",)
+            self.identity = MLM_ONLY  # --resume refuses a checkpoint of the other kind, in one line
         self.model, self.tokenizer, self.info = model, tokenizer, info
         self.peak = peak_flops(ctx.device)
 
@@ -229,6 +237,9 @@ def _pretrain(opts: PretrainOptions, ctx: distributed.DistributedContext) -> Pat
         raise BertkitError(f"--steps must be at least 1, got {opts.steps}")
     data = PretrainingLoader(opts.data, opts.batch_size, seed=opts.seed, drop_last=True, max_tokens=opts.max_tokens)
     eval_data = PretrainingLoader(opts.eval_data, opts.batch_size, shuffle=False, seed=opts.seed) if opts.eval_data else None
+    if eval_data is not None and eval_data.nsp != data.nsp:
+        raise BertkitError(f"--eval-data {opts.eval_data} holds {shard_kind(eval_data.nsp)}, --data {opts.data} holds "
+                           f"{shard_kind(data.nsp)}: make both with --no-nsp or both without")
     if opts.max_tokens is not None:
         if data.max_seq_length and opts.max_tokens < data.max_seq_length:
             raise BertkitError(f"--max-tokens {opts.max_tokens} is smaller than one instance of these shards "
