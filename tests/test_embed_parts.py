@@ -50,7 +50,7 @@ def texts() -> list[str]:
         rows = sst2.read_text(encoding="utf-8").splitlines()[1:49]
         sentences = [row.split("\t")[0] for row in rows]
     else:
-        sentences = [f"{a} , and {b}" for a in FALLBACK[:6] for b in FALLBACK[6:]][:48]
+        sentences = [f"{a} {joint} {b}" for joint in (", and", "; but") for a in FALLBACK[:6] for b in FALLBACK[6:]]
     return sentences[:20] + [""] + sentences[20:] + [" ".join(sentences[:5])]  # a blank line and a long one: 50 rows
 
 
