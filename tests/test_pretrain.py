@@ -260,11 +260,12 @@ def test_masked_lm_only_pretraining_lowers_held_out_loss_on_real_text(tmp_path):
                     "--no-progress")
     out = tmp_path / "run"
     bertkit_cli(*train_args(tmp_path / "train", out, "--steps", "40", "--eval-data", tmp_path / "heldout",
-                            "--eval-interval", "40", "--ckpt-interval", "40"))
+                            "--eval-interval", "40", "--ckpt-interval", "40", "--eval-before"))
     heldout = PretrainingLoader(tmp_path / "heldout", 32, shuffle=False)
     torch.manual_seed(0)
     untrained = evaluate(BertForPreTraining(BertConfig.from_preset("bert_2_128_2", vocab_size=30522)), heldout)
-    trained = [r for r in metrics(out) if "eval_mlm_loss" in r][-1]
+    before, *_, trained = [r for r in metrics(out) if "eval_mlm_loss" in r]
+    assert before["step"] == 0 and abs(before["eval_mlm_loss"] - untrained["eval_mlm_loss"]) < 1e-4  # --eval-before
     assert trained["step"] == 40 and trained["eval_instances"] == untrained["eval_instances"] == heldout.num_instances
     assert "eval_nsp_loss" not in trained and "eval_nsp_loss" not in untrained
     assert untrained["eval_mlm_loss"] > 10.0  # about ln(30522): a random network guesses among all tokens

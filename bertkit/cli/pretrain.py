@@ -28,6 +28,8 @@ def add_arguments(p):
     p.add_argument("--eval-data", metavar="DIR", help="held-out shards to evaluate on")
     p.add_argument("--eval-interval", type=int, default=500, help="evaluate every N steps (and at the end)")
     p.add_argument("--eval-batches", type=int, help="evaluate on at most N batches (default all)")
+    p.add_argument("--eval-before", action="store_true",
+                   help="also evaluate before the first step: the untrained network's scores, as step 0 of metrics.jsonl")
     p.add_argument("--log-interval", type=int, default=10)
     resume = p.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
@@ -38,6 +40,7 @@ def add_arguments(p):
     add_device_arguments(p)
     p.add_argument("--max-tokens", type=int, metavar="N",
                    help="global batches of up to N real tokens (length-sorted within each shard) instead of --batch-size rows")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -64,6 +67,10 @@ def run(args):
     if not 0 <= args.warmup_ratio < 1:
         raise BertkitError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
     opts = config_from_args(PretrainOptions, args, shape=shape, progress=not args.no_progress)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     final = pretrain(opts)
     if is_main_process():
         print(f"done: model in {final}, metrics in {args.out}/metrics.jsonl")

@@ -51,6 +51,7 @@ class PretrainOptions(JobConfig):
     eval_data: str | None = None
     eval_interval: int = 500
     eval_batches: int | None = None  # None: the whole eval set
+    eval_before: bool = False  # also score the eval data before the first step (the untrained network)
     log_interval: int = 10
     resume_or_start: bool = False
     dropout: float | None = None  # override the config's dropout (0 for exactness tests)
@@ -254,6 +255,7 @@ def _pretrain(opts: PretrainOptions, ctx: distributed.DistributedContext) -> Pat
     info = {"task": "pretraining", "data": str(opts.data), "options": {k: v for k, v in asdict(opts).items() if k != "extra"}}
     job = PretrainingJob(data, eval_data, opts, ctx, model, tokenizer, info)
     loop = LoopOptions(precision=opts.precision, accumulate=opts.accumulate, log_every=opts.log_interval,
+                       eval_before=opts.eval_before and eval_data is not None,
                        eval_every=opts.eval_interval if eval_data is not None else 0, eval_at_epoch_end=False,
                        ckpt_interval=opts.ckpt_interval, ckpt_at_epoch_end=False, keep_checkpoints=opts.keep_checkpoints,
                        resume=opts.resume, resume_or_start=opts.resume_or_start, max_minutes=opts.max_minutes,
