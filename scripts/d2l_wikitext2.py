@@ -32,31 +32,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+sys.path.insert(0, str(REPO / "scripts"))
+from agnews_from_scratch import bertkit, log_step  # noqa: E402  one command runner: one thread, OUT/steps.jsonl
 D2L_STEPS = 50  # train_bert(train_iter, net, loss, len(vocab), devices, 50)
 SHAPE = ["--layers", 2, "--hidden", 128, "--heads", 2, "--ffn", 256, "--dropout", 0.2]
 
 
-def log_step(out: Path, name: str, command, seconds: float) -> None:
-    with open(out / "steps.jsonl", "a") as f:
-        f.write(json.dumps({"step": name, "command": command, "seconds": round(seconds, 1),
-                            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
-
-
-def bertkit(out: Path, name: str, *args) -> None:
-    cmd = [sys.executable, "-m", "bertkit", *map(str, args)]
-    print(f"[{name}] {' '.join(cmd[2:])}", flush=True)
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, env=ENV, cwd=REPO)
-    log_step(out, name, ["bertkit", *map(str, args)], time.perf_counter() - start)
 
 
 def d2l_pairs(path: Path, max_len: int = 64, seed: int = 0) -> dict:

@@ -152,6 +152,17 @@ def tiny_checkpoint(directory: Path, tokenizer, head: str = "encoder", *, labels
     return save(model, directory, tokenizer=tokenizer, info={"labels": labels} if labels else None)
 
 
+def stand_in_cache(cache: Path, repo: str, model_dir: Path) -> None:
+    """`repo` in a Hugging Face cache at `cache`, its snapshot linking to `model_dir`'s files."""
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    snapshot = folder / "snapshots" / "stand-in"
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"):
+        (snapshot / name).symlink_to(model_dir / name)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("stand-in")
+
+
 def max_abs_diff_real(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
     """max |a - b| over the real tokens (mask (B, T) True) of two (B, T, ...) tensors."""
     return float((a.float() - b.float())[mask].abs().max())

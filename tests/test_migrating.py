@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, stand_in_cache
 
 DOC = REPO / "docs" / "migrating.md"
 
@@ -304,13 +304,7 @@ def stand_in_hub(cache: Path, model_dir: Path) -> None:
     from bertkit.zoo.names import ZOO
 
     for repo in {entry.repo for entry in ZOO.values() if entry.repo}:
-        folder = cache / ("models--" + repo.replace("/", "--"))
-        snapshot = folder / "snapshots" / "stand-in"
-        snapshot.mkdir(parents=True)
-        for name in ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"):
-            (snapshot / name).symlink_to(model_dir / name)
-        (folder / "refs").mkdir()
-        (folder / "refs" / "main").write_text("stand-in")
+        stand_in_cache(cache, repo, model_dir)
 
 
 def page_environment(mp: pytest.MonkeyPatch, workdir: Path) -> None:

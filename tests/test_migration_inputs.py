@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bertkit.cli import main
-from conftest import assert_cli_error, run_cli, tiny_checkpoint
+from conftest import assert_cli_error, run_cli, stand_in_cache, tiny_checkpoint
 
 WORDS = ("river town station bridge king army music album song film game player team season city church road "
          "school war ship island family night year water mountain village story book crane the a of was in "
@@ -48,17 +48,6 @@ def npz_bytes(directory: Path) -> list[bytes]:
 
 
 # ---- --vocab forms ------------------------------------------------------------------------------------
-def stand_in_cache(cache: Path, repo: str, model_dir: Path) -> None:
-    """`repo` in a Hugging Face cache at `cache`, its snapshot linking to `model_dir`'s files."""
-    folder = cache / ("models--" + repo.replace("/", "--"))
-    snapshot = folder / "snapshots" / "stand-in"
-    snapshot.mkdir(parents=True)
-    for name in ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"):
-        (snapshot / name).symlink_to(model_dir / name)
-    (folder / "refs").mkdir()
-    (folder / "refs" / "main").write_text("stand-in")
-
-
 def test_vocab_path_model_name_and_gluonnlp_vocabulary_name_give_the_same_shards(tmp_path, minilm_dir, monkeypatch, capsys):
     from bertkit.zoo.names import lookup
 
