@@ -60,7 +60,7 @@ import torch
 from ..errors import BertkitError
 from .masking import MaskingVocab, mask_tokens
 from .shard_reader import ShardFile
-from .shards import INSTANCE_ARRAYS, MASK_ARRAYS, check_one_kind, list_shards, read_stats, shard_directory
+from .shards import INSTANCE_ARRAYS, MASK_ARRAYS, check_one_kind, holds_pairs, list_shards, read_stats, shard_directory
 
 BATCH_KEYS = ("input_ids", "segment_ids", "valid_lengths", "masked_lm_positions", "masked_lm_ids",
               "masked_lm_weights", "next_sentence_labels")
@@ -183,7 +183,7 @@ class PretrainingLoader:
         self.max_predictions_per_seq = max_predictions_per_seq or settings.get("max_predictions_per_seq", 20)
         self.whole_word_mask = settings.get("whole_word_mask", False) if whole_word_mask is None else whole_word_mask
         self.max_seq_length = settings.get("max_seq_length")
-        self.nsp = settings.get("nsp", True)  # False: --no-nsp shards, single segments for the masked LM alone
+        self.nsp = holds_pairs(self.stats)  # False: --no-nsp shards, single segments for the masked LM alone
         self.vocab_size = settings.get("vocab_size")
         self._masking = None
         if self.dynamic_masking or self.vocab_size is None:

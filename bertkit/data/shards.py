@@ -89,13 +89,18 @@ def list_shards(directory: str | Path) -> list[Path]:
     return sorted(directory.glob("*.npz"))
 
 
+def holds_pairs(stats: dict | None) -> bool:
+    """Whether shards hold next-sentence pairs, as their stats.json says (`settings.nsp`); False for
+    --no-nsp shards. Shards without the setting (written before --no-nsp, or elsewhere) hold pairs."""
+    return bool(((stats or {}).get("settings") or {}).get("nsp", True))
+
+
 def check_one_kind(data: str | Path, shards: list[Path]) -> None:
     """Shards gathered by a glob from several directories must be of one kind, as each directory's
     stats.json says: next-sentence pairs, or --no-nsp single segments (labels -1, which NSP cannot score)."""
     kinds: dict[bool, Path] = {}
     for folder in sorted({p.parent for p in shards}):
-        settings = (read_stats(folder) or {}).get("settings") or {}
-        kinds.setdefault(bool(settings.get("nsp", True)), folder)
+        kinds.setdefault(holds_pairs(read_stats(folder)), folder)
     if len(kinds) > 1:
         raise BertkitError(f"{data}: the pattern takes --no-nsp shards (in {kinds[False]}) and next-sentence pair "
                            f"shards (in {kinds[True]}); pretrain on one kind")
