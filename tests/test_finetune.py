@@ -3,6 +3,7 @@ task to 100%, predict on the saved checkpoint (bertkit, CLI, transformers), and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -211,7 +212,19 @@ def test_regression_and_cli_finetune(toy, tmp_path):
     assert r.returncode == 0 and float(r.stdout) > 0.5
 
 
+def test_max_steps_ends_the_schedule_inside_an_epoch_and_scores_that_part(toy, tmp_path):
+    _, _, data, base = toy
+    config = dataclasses.replace(TOY, epochs=1, max_steps=15, log_every=1)  # 160 rows / 16 = 10 steps an epoch
+    results = finetune("text", data, str(base), tmp_path / "out", config, quiet=True)
+    assert [(r["epoch"], r["step"]) for r in results["epochs"]] == [(1, 10), (2, 15)]  # the half epoch is scored
+    rows = [json.loads(l) for l in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "lr" in r]
+    assert steps[-1]["step"] == 15 and steps[-1]["lr"] == 0.0 and steps[-2]["lr"] > 0  # decayed to 0 at step 15
+
+
 def test_bad_flags(tmp_path):
+    with pytest.raises(BertkitError, match="--max-steps must be at least 1"):
+        FinetuneConfig(max_steps=0).check()
     with pytest.raises(BertkitError, match="--epochs must be at least 1"):
         FinetuneConfig(epochs=0).check()
     with pytest.raises(BertkitError, match="--warmup-ratio"):

@@ -18,6 +18,9 @@ def add_device_arguments(p) -> None:
 def add_training_arguments(p) -> None:
     """The one training loop's flags (train/loop.py), for `finetune` and `squad`."""
     add_device_arguments(p)
+    p.add_argument("--max-steps", type=int, metavar="N",
+                   help="train for N optimizer steps, overriding --epochs (the learning-rate schedule ends there; "
+                        "a last partial epoch is scored too)")
     p.add_argument("--max-tokens", type=int, metavar="N",
                    help="batches of up to N real tokens (drawn at random) instead of --batch-size rows")
     p.add_argument("--ckpt-interval", type=int, default=0, metavar="STEPS",

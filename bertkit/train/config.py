@@ -40,6 +40,7 @@ class TrainConfig(JobConfig):
     """An epoch-based fine-tuning job with a dev set."""
 
     epochs: int = 3
+    max_steps: int | None = None  # optimizer steps to train for, overriding `epochs` (the schedule ends there)
     eval_batch_size: int = 128
     max_train_examples: int | None = None  # a seeded random subset of the training set
     bucket_batches: int = 1  # batches per length-sorted group; 1: plain shuffled batches (bertkit/batches.py)
@@ -54,6 +55,8 @@ class TrainConfig(JobConfig):
             raise BertkitError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.max_train_examples is not None and self.max_train_examples < 1:
             raise BertkitError(f"--max-train-examples must be at least 1, got {self.max_train_examples}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise BertkitError(f"--max-steps must be at least 1, got {self.max_steps}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise BertkitError(f"--max-tokens must be at least 1, got {self.max_tokens}")
         if self.ckpt_interval < 0:

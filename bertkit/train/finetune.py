@@ -211,12 +211,14 @@ def run_finetune(job: RowsJob, net, out, config, describe: str, ctx, quiet: bool
     implementation's)."""
     steps = [job.steps_per_epoch(e) for e in range(1, config.epochs + 1)]
     batch = f"{config.max_tokens * config.accumulate} tokens" if config.max_tokens else f"{config.batch_size * config.accumulate} examples"
-    say(f"{describe}; {config.epochs} epoch(s) x {steps[0]} steps of {batch}"
+    total = config.max_steps or sum(steps)
+    length = f"{total} steps ({total / steps[0]:.2f} epochs)" if config.max_steps else f"{config.epochs} epoch(s) x {steps[0]} steps"
+    say(f"{describe}; {length} of {batch}"
         + (f" on {ctx.world_size} processes" if ctx.enabled else "") + f", {ctx.device}, {config.precision}", ctx, quiet)
     options = config.loop_options(quiet)
     if not checkpoints:
         options = dataclasses.replace(options, ckpt_interval=0, ckpt_at_epoch_end=False, ckpt_at_end=False)
-    return run_training(job, net, ctx, out, sum(steps), config.optimizer_spec(), options)
+    return run_training(job, net, ctx, out, total, config.optimizer_spec(), options)
 
 
 def write_results(job: RowsJob, net, out, config, result, ctx, quiet: bool, train_examples: int, dev_examples: dict,

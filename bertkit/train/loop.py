@@ -219,6 +219,8 @@ class _Run:
         skip = state["batch_in_epoch"]  # batches done before the checkpoint this run resumed from
         for i, batch in enumerate(self.job.epoch_batches(epoch, start=skip), start=skip):
             if state["step"] >= self.stop_at:
+                if opts.eval_at_epoch_end:  # a step budget that ends inside an epoch: its last part is scored too
+                    self.end_epoch(epoch, time.perf_counter() - start)
                 return False
             self.step(batch)
             state["batch_in_epoch"] = i + 1
