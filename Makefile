@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bertkit-installed
 
-.PHONY: demo test bench install
+.PHONY: demo test bench install engines-venv
 
 install: $(STAMP)
 
@@ -27,3 +27,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
+
+# benchmarks/bench_engines.py's reference engines (OpenVINO, CTranslate2, with transformers and ONNX
+# Runtime) in their own environment: they are never bertkit dependencies, and a second runtime in
+# bertkit's venv would be another thing to keep working. torch==2.13.0 first, as above.
+ENGINES_VENV ?= .venv-engines
+ENGINES_PY := $(ENGINES_VENV)/bin/python
+
+engines-venv: $(ENGINES_VENV)/.engines-installed
+
+$(ENGINES_VENV)/.engines-installed: pyproject.toml Makefile
+	test -x $(ENGINES_PY) || python3 -m venv $(ENGINES_VENV)
+	$(ENGINES_PY) -m pip install -q torch==2.13.0
+	$(ENGINES_PY) -m pip install -q -e '.[export]' transformers onnxruntime openvino ctranslate2
+	touch $@
