@@ -57,16 +57,26 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The instruction-set flags of this CPU (/proc/cpuinfo on Linux; empty elsewhere)."""
+def _cpuinfo(field: str) -> str:
+    """The value of the first `field` line of /proc/cpuinfo (Linux; "" elsewhere)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return frozenset()
+    return ""
+
+
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags of this CPU (/proc/cpuinfo on Linux; empty elsewhere)."""
+    return frozenset(_cpuinfo("flags").split())
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id: "GenuineIntel", "AuthenticAMD", ... ("" where /proc/cpuinfo does not say)."""
+    return _cpuinfo("vendor_id")
 
 
 def native_bf16_cpu(flags: frozenset[str] | None = None) -> bool:

@@ -15,7 +15,8 @@ import torch
 import bertkit
 from bertkit import config
 from bertkit.cpu import optimize_for_cpu
-from bertkit.cpu.dispatch import kernel, mkl_packing_available, onednn_available
+from bertkit.cpu import dispatch
+from bertkit.cpu.dispatch import kernel, mkl_gemm_preferred, mkl_packing_available, onednn_available
 from bertkit.cpu.ops import ACTIVATIONS
 from bertkit.cpu.packed_linear import PACKED_ROWS, PackedLinear
 from bertkit.cpu.weight_cache import ParametersWatch
@@ -62,9 +63,26 @@ def test_optimize_for_cpu_takes_its_knobs_as_parameters(minilm, sst2_dev):
     with torch.inference_mode():
         assert kernel("linear", torch.zeros(17, 128), tuned.bert.layers[0].ffn_in) == "module"
         assert (tuned(batch) - model(batch)).abs().max() < 1e-5
-    optimize_for_cpu(tuned, native=False)  # again: the defaults replace the settings
-    assert all((m.packed_rows, m.fuse) == (PACKED_ROWS, True) for m in tuned.modules() if isinstance(m, PackedLinear))
+    optimize_for_cpu(tuned, native=False)  # again: the defaults (this CPU's) replace the settings
+    default_rows = PACKED_ROWS if mkl_gemm_preferred() else 0
+    assert all((getattr(m, "packed_rows", 0), getattr(m, "fuse", True)) == (default_rows, True)
+               for m in tuned.modules() if isinstance(m, torch.nn.Linear))
     assert list(tuned.state_dict()) == list(model.state_dict())
+
+
+@pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD", ""])
+def test_small_inputs_take_mkl_only_on_intel(vendor, monkeypatch):
+    """MKL picks kernels by vendor (slower GEMMs on AMD), oneDNN by instruction set: the defaults follow."""
+    monkeypatch.setattr(dispatch, "cpu_vendor", lambda: vendor)
+    cfg = bertkit.BertConfig.from_preset("bert_2_128_2", vocab_size=64)
+    model = optimize_for_cpu(bertkit.BertModel(cfg).eval(), native=False)
+    rows = {getattr(m, "packed_rows", 0) for m in model.modules() if isinstance(m, torch.nn.Linear)}  # plain: 0
+    assert rows == ({PACKED_ROWS} if vendor == "GenuineIntel" else {0})
+    with torch.inference_mode():
+        assert kernel("linear", torch.zeros(5, 128), model.layers[0].ffn_in) == (
+            "packed" if vendor == "GenuineIntel" and mkl_packing_available() else "onednn" if onednn_available() else "module")
+    if vendor != "GenuineIntel":
+        assert optimize_for_cpu(model).cpu_encoder is None  # the native encoder runs on MKL's GEMM: not here
 
 
 def test_parameters_watch_sees_every_kind_of_change():

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not mkl_packing_available(), reason="PyTorch bui
 def test_packed_model_matches_and_keeps_its_state_dict(minilm, sst2_dev, tmp_path):
     cfg = bertkit.BertConfig.from_preset("bert_2_128_2", vocab_size=minilm.tokenizer.vocab_size)
     model = randomize_(bertkit.BertForSequenceClassification(cfg, num_labels=3)).eval()
-    packed = optimize_for_cpu(copy.deepcopy(model), native=False)
+    packed = optimize_for_cpu(copy.deepcopy(model), native=False, packed_rows=PACKED_ROWS)
     n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
     assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == n_linear == 2 * 4 + 2
     assert list(packed.state_dict()) == list(model.state_dict())

@@ -50,7 +50,7 @@ def tiny(cls=bertkit.BertModel, seed=0, pooler=True, **overrides):
 
 def native(model):
     """`model` itself with the native encoder only (no packed layers: the rest stays the plain path)."""
-    optimize_for_cpu(model, packed_rows=0)
+    optimize_for_cpu(model, packed_rows=0, native=True)
     bert = model if isinstance(model, bertkit.BertModel) else model.bert
     assert bert.cpu_encoder is not None
     return model
@@ -120,7 +120,7 @@ def test_task_heads_and_a_model_without_pooler(kernels):
 
 def test_real_checkpoint_on_real_sentences(kernels, minilm, sst2_dev):
     """What `bertkit serve` runs (packed layers and the native encoder) against the plain model."""
-    served = optimize_for_cpu(copy.deepcopy(minilm))
+    served = optimize_for_cpu(copy.deepcopy(minilm), native=True)
     with torch.inference_mode():
         for text in sst2_dev[:8]:
             batch = minilm.tokenizer([text])
@@ -172,7 +172,7 @@ def test_releases_the_gil_while_it_runs(kernels):
 
 
 def test_steps_aside_where_it_does_not_apply(kernels):
-    model = optimize_for_cpu(tiny(), max_tokens=64)
+    model = optimize_for_cpu(tiny(), max_tokens=64, native=True)
     enc = model.cpu_encoder
     ids, segs = inputs(2, 9, vocab=200)
     with torch.inference_mode():
@@ -262,7 +262,7 @@ def test_pooled_output_alone_equals_the_full_forward(with_kernels):
     """BertModel.pooled_output runs the last layer's per-token work for [CLS] only: same pooled vectors."""
     model = tiny(seed=3)
     if with_kernels:
-        optimize_for_cpu(model)
+        optimize_for_cpu(model, native=True)
     # one sentence, an unpadded batch (strided [CLS] rows in the kernels), a padded batch
     for ids, segs, lengths in [(*inputs(1, 10, vocab=200), None), (*inputs(3, 12, vocab=200), None),
                                (*inputs(3, 12, vocab=200), torch.tensor([12, 7, 3]))]:
@@ -294,7 +294,7 @@ def test_classifier_gradients_are_unchanged_by_the_cls_only_last_layer():
 
 
 def test_pooled_output_without_a_pooler_is_a_clear_error():
-    model = optimize_for_cpu(tiny(pooler=False))
+    model = optimize_for_cpu(tiny(pooler=False), native=True)
     with torch.inference_mode(), pytest.raises(ValueError, match="no pooler"):
         model.pooled_output(*inputs(1, 5, vocab=200))
 
@@ -303,7 +303,7 @@ def test_none_attached_where_the_kernels_do_not_apply(kernels):
     ids, segs = inputs(1, 9)
     odd = model_with(72, 3)  # head size 24: not a whole number of vectors
     assert not kernels_apply(odd.config)
-    served = optimize_for_cpu(copy.deepcopy(odd))
+    served = optimize_for_cpu(copy.deepcopy(odd), native=True)
     assert served.cpu_encoder is None  # the layer-by-layer path, with packed layers
     with torch.inference_mode():
         assert (served(ids, segs)[0] - odd(ids, segs)[0]).abs().max() < 1e-5
@@ -322,7 +322,7 @@ def test_turned_off_or_unbuildable_falls_back_with_one_warning(tmp_path):
         "cfg = bertkit.BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128)\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
-        "    m = optimize_for_cpu(bertkit.BertModel(cfg).eval())\n"
+        "    m = optimize_for_cpu(bertkit.BertModel(cfg).eval(), native=True)\n"
         "    with torch.inference_mode():\n"
         "        a = m(torch.ones(1, 4, dtype=torch.long)); m(torch.ones(1, 5, dtype=torch.long))\n"
         "print([str(w.message) for w in caught if 'native' in str(w.message)])\n"

@@ -17,6 +17,8 @@ import math
 import torch
 import torch.nn as nn
 
+from ..device import cpu_vendor
+
 
 @functools.cache
 def onednn_available() -> bool:
@@ -26,6 +28,15 @@ def onednn_available() -> bool:
 @functools.cache
 def mkl_packing_available() -> bool:
     return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+
+
+def mkl_gemm_preferred() -> bool:
+    """Whether small inputs should take MKL's GEMM (packed weights, the native encoder) rather than
+    oneDNN's. MKL chooses its kernels by CPU vendor, oneDNN by instruction set: on an AMD EPYC (Zen 4,
+    AVX-512) MKL's GEMMs took 7.8 ms of a one-sentence MiniLM forward where oneDNN's took 4.0
+    (benchmarks/profile_ops.py, docs/benchmarks.md), while on the Intel Xeons MKL's packed GEMM was
+    the faster one below 256 rows. So: MKL on Intel only; oneDNN everywhere else."""
+    return cpu_vendor() == "GenuineIntel"
 
 
 def graph_capture() -> bool:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from .dispatch import mkl_gemm_preferred
 from .native.encoder import MAX_TOKENS, attach_native_encoder
 from .packed_linear import PACKED_ROWS, pack_linear_weights
 
 
-def optimize_for_cpu(model: nn.Module, *, native: bool = True, max_tokens: int = MAX_TOKENS,
-                     packed_rows: int = PACKED_ROWS, fuse: bool = True) -> nn.Module:
+def optimize_for_cpu(model: nn.Module, *, native: bool | None = None, max_tokens: int = MAX_TOKENS,
+                     packed_rows: int | None = None, fuse: bool = True) -> nn.Module:
     """Make `model` (in place) fast for float32 inference on this CPU; returns `model`.
+
+    `native` and `packed_rows` left as None take this CPU's measured choice: both MKL-based pieces
+    (packed rows up to PACKED_ROWS, the native encoder) on Intel, where MKL was the faster GEMM for
+    small inputs; neither elsewhere (AMD), where oneDNN's GEMM is (`dispatch.mkl_gemm_preferred`).
 
     - Every nn.Linear becomes a PackedLinear (the same Parameters; the state dict is unchanged):
       MKL's packed GEMM for inputs of up to `packed_rows` rows (0: never), oneDNN's GEMM with the
@@ -23,7 +28,9 @@ def optimize_for_cpu(model: nn.Module, *, native: bool = True, max_tokens: int =
 
     Training, saving, GPU, bf16 and padded inputs keep the model's own path; `dispatch.kernel` has
     the conditions. `bertkit serve`'s PyTorch backend calls this with the defaults."""
-    pack_linear_weights(model, packed_rows, fuse)
+    mkl = mkl_gemm_preferred()
+    native = mkl if native is None else native
+    pack_linear_weights(model, (PACKED_ROWS if mkl else 0) if packed_rows is None else packed_rows, fuse)
     for m in model.modules():
         if hasattr(m, "cpu_encoder"):  # a BertModel: bertkit.cpu does not import bertkit.model
             m.cpu_encoder = None
