@@ -83,8 +83,6 @@ class ExportedModel:
 
         if threads:
             torch.set_num_threads(threads)
-        # int8 TorchScript quantizes activations with ops torch has deprecated (still there in 2.13)
-        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor")
         try:
             if self.path.suffix == ".pt2":
                 # torch logs a traceback before it gives up on a bad file; the one-line error below says it

@@ -5,9 +5,10 @@ that `torch.export.load(path).module()` runs with PyTorch alone, no bertkit code
 dynamic. It needs no C++ compiler, unlike an AOTInductor package, whose compile step would make
 export take minutes and tie the file to one machine's compiler and CPU.
 
-int8 (dynamic quantization of every Linear with `torch.ao.quantization.quantize_dynamic`) is saved
-as TorchScript (`model.torchscript.pt`, `torch.jit.load`), because `torch.export` cannot express the
-quantized Linear's packed weights (it fails on `LinearPackedParamsBase`, torch 2.13).
+int8 (`bertkit.cpu.int8.quantize_int8`: the transformer blocks' Linear layers with int8 weights per
+output channel and int8 activations per token, the rest fp32) is saved as TorchScript
+(`model.torchscript.pt`, `torch.jit.load`), which runs it with PyTorch alone (its int8 GEMM is
+`torch._int_mm`).
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ def write_exported_program(graph: ExportGraph, path: Path, sample: tuple[torch.T
 
 
 def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `module` with every nn.Linear dynamically quantized to int8 (the export graph, or a
-    bertkit model for `bertkit serve --quantize int8`)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notes (torchao is its successor)
-        return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+    """A copy of `module` (the export graph, or a bertkit model for `bertkit serve --quantize int8`)
+    with bertkit's int8 recipe applied: `bertkit.cpu.int8.quantize_int8` (its docstring has the recipe
+    and its measured fidelity)."""
+    from ..cpu.int8 import quantize_int8 as int8_recipe
+
+    return int8_recipe(module)
 
 
 def write_torchscript(module: torch.nn.Module, path: Path, sample: tuple[torch.Tensor, ...]) -> None:

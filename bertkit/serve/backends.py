@@ -158,7 +158,7 @@ class TorchBackend(Backend):
         if quantize == "int8":
             from ..export.torch_format import quantize_int8
 
-            model = quantize_int8(model)  # dynamic int8 Linear layers; the unpadded forward stays
+            model = quantize_int8(model)  # bertkit's int8 recipe (cpu/int8.py); the unpadded forward stays
         elif self.device.type == "cpu" and self.precision == "fp32":
             from ..cpu import optimize_for_cpu
 
