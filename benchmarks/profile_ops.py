@@ -154,7 +154,8 @@ def main(argv=None):
 
 
 def platform_line() -> str:
-    info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines() if ":" in line)
+    info = {k.strip(): v for k, v in (line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+                                      if ":" in line)}
     flags = info.get("flags", "").split()
     isa = " ".join(f for f in flags if f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"))
     return f"{info.get('vendor_id', '?').strip()} {info.get('model name', '?').strip()} ({isa}); torch {torch.__version__}"
