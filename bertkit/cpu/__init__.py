@@ -1,7 +1,7 @@
 """Everything that makes bertkit fast on a CPU, behind one entry point.
 
     from bertkit.cpu import optimize_for_cpu
-    optimize_for_cpu(model)   # in place: packed weights, and the compiled encoder for small inputs
+    optimize_for_cpu(model)   # in place: this CPU's GEMMs (oneDNN; MKL packed + compiled encoder on Intel)
 
 optimize.py      `optimize_for_cpu(model, *, native, max_tokens, packed_rows, fuse)`: what
                  `bertkit serve`'s PyTorch backend runs; the knobs are its parameters
@@ -9,14 +9,15 @@ ops.py           the interface bertkit/model.py calls: the linear with its epilo
                  dropout, Dropout, the activation table (every model gets these, optimized or not)
 dispatch.py      `kernel()`: which kernel a tensor reaches, with the table of conditions
 onednn.py        oneDNN's Linear with the bias, GELU or residual add inside the GEMM (inference)
-packed_linear.py MKL's packed GEMM for small inputs (PackedLinear)
+packed_linear.py MKL's packed GEMM for small inputs (PackedLinear; Intel CPUs)
+int8.py          int8 inference: per-channel int8 weights, per-token int8 activations (Int8Linear)
 dropout.py       the byte-mask dropout and the one-step softmax-dropout-matmul (training)
 weight_cache.py  when a re-laid-out weight copy is stale (its global hooks come with the first copy)
 native/          the encoder as compiled C++ kernels for small unpadded inputs
 threads.py       OpenMP thread count and wait policy, set before the runtime loads
 allocator.py     glibc malloc keeps freed memory (the `bertkit` command applies it)
 
-Nothing in this package imports bertkit outside it except leaf modules (config, errors, padding),
+Nothing in this package imports bertkit outside it except leaf modules (config, device, errors, padding),
 and `import bertkit` loads this file (for threads.py) before torch, so it imports no torch itself:
 `optimize_for_cpu` is imported on first use (PEP 562).
 """
