@@ -162,9 +162,9 @@ class TorchBackend(Backend):
         elif self.device.type == "cpu" and self.precision == "fp32":
             from ..cpu import optimize_for_cpu
 
-            # the small batches of light load: MKL-packed weights, and one sentence (or an unpadded
-            # group) runs the encoder as one call into compiled kernels (the layer-by-layer path
-            # where they cannot be built) instead of ~100 Python-level calls
+            # the small batches of light load: this CPU's fastest GEMMs (on Intel MKL-packed weights,
+            # and one sentence or an unpadded group runs the encoder as one call into compiled
+            # kernels instead of ~100 Python-level calls; elsewhere oneDNN's GEMMs)
             optimize_for_cpu(model)
         else:
             # a GPU, or bf16 autocast on the CPU: the plain model (the CPU paths above are fp32 kernels)
