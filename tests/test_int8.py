@@ -3,6 +3,7 @@ the fidelity it claims on real sentences (all-minilm-l6-v2, SST-2 dev)."""
 
 from __future__ import annotations
 
+import argparse
 import re
 
 import numpy as np
@@ -11,7 +12,9 @@ import torch
 import torch.nn as nn
 
 import bertkit
+from bertkit.cli.options import quantized
 from bertkit.cpu.int8 import Int8Linear, quantize_int8
+from bertkit.errors import BertkitError
 from bertkit.export.graph import ExportGraph
 from bertkit.export.torch_format import quantize_int8 as export_quantize_int8
 from conftest import tiny_checkpoint
@@ -166,3 +169,27 @@ def test_onnx_recipe_keeps_ffn_out_and_embeddings_fp32(tiny, tmp_path, optimize)
                  for p in (fp32, int8))
     cos = (want * got).sum(-1) / (np.linalg.norm(want, axis=-1) * np.linalg.norm(got, axis=-1))
     assert cos.min() > 0.99 and np.abs(want - got).max() > 0
+
+
+def test_embed_and_predict_take_quantize_int8(tmp_path):
+    from conftest import run_cli
+
+    directory = tiny_checkpoint(tmp_path / "encoder", VOCAB, "encoder", randomize=True)
+    words = [w for w in VOCAB if not w.startswith("[")]
+    sentences = [" ".join(words[i:i + 5]) for i in range(0, 20, 4)]
+    vectors = {}
+    for name, extra in (("fp32", []), ("int8", ["--quantize", "int8"])):
+        out = tmp_path / f"{name}.npy"
+        r = run_cli("embed", "--model", directory, "--sentences", *sentences, "--pooling", "mean", "--format", "npy",
+                    "--out", out, *extra)
+        assert r.returncode == 0, r.stderr
+        vectors[name] = np.load(out)
+    a, b = vectors["fp32"], vectors["int8"]
+    assert a.shape == b.shape and not np.array_equal(a, b)  # int8 ran
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.99
+    classifier = tiny_checkpoint(tmp_path / "classifier", VOCAB, "classification", randomize=True)
+    r = run_cli("predict", "--model", classifier, "w1 w2 w3", "--quantize", "int8")
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    with pytest.raises(BertkitError, match="--quantize int8 runs on the CPU in fp32, not on cuda in fp32"):
+        quantized(bertkit.load(directory), argparse.Namespace(quantize="int8"), torch.device("cuda"), "fp32")

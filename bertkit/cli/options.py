@@ -15,6 +15,26 @@ def add_device_arguments(p) -> None:
                         "also accepted. Autocast: weights and checkpoints stay fp32 (default fp32)")
 
 
+def add_quantize_argument(p) -> None:
+    """--quantize int8 for a command that runs a PyTorch model on the CPU (`embed`, `predict`)."""
+    p.add_argument("--quantize", choices=("int8",),
+                   help="int8 weights per output channel and int8 activations per token (bertkit/cpu/int8.py); "
+                        "CPU, fp32 only")
+
+
+def quantized(model, args, device, precision: str):
+    """`model` as `--quantize` asks (an int8 copy), or `model` itself."""
+    if getattr(args, "quantize", None) is None:
+        return model
+    if device.type != "cpu" or precision != "fp32":
+        from ..errors import BertkitError
+
+        raise BertkitError(f"--quantize int8 runs on the CPU in fp32, not on {device} in {precision}")
+    from ..cpu.int8 import quantize_int8
+
+    return quantize_int8(model)
+
+
 def add_training_arguments(p) -> None:
     """The one training loop's flags (train/loop.py), for `finetune` and `squad`."""
     add_device_arguments(p)

@@ -1,6 +1,6 @@
 """`bertkit predict`: the label (and its probability) or regression score of texts, or their entities, from a fine-tuned checkpoint."""
 
-from .options import add_device_arguments
+from .options import add_device_arguments, add_quantize_argument, quantized
 
 
 def add_arguments(p):
@@ -17,6 +17,7 @@ def add_arguments(p):
     p.add_argument("--question", help="question-answering checkpoint: the question (with --context)")
     p.add_argument("--context", help="question-answering checkpoint: the text holding the answer")
     add_device_arguments(p)
+    add_quantize_argument(p)
 
 
 def read_inputs(path):
@@ -78,12 +79,12 @@ def run(args):
     device = resolve_device(args.device)  # a device or precision this machine lacks: one line, nothing written
     precision = resolve_precision(args.precision, device)
     if args.question is not None or args.context is not None:
-        return _answer(load(args.model).to(device), args, precision)
+        return _answer(quantized(load(args.model).to(device), args, device, precision), args, precision)
     if args.file and args.texts:
         raise BertkitError("give either TEXT [TEXT_B] or --file, not both")
     if not args.file and not args.texts:
         raise BertkitError("give one TEXT, a pair TEXT TEXT_B, or --file F.tsv")
-    model = load(args.model).to(device)
+    model = quantized(load(args.model).to(device), args, device, precision)
     if type(model).__name__ == "BertForQuestionAnswering":
         raise BertkitError(f"--model {args.model} answers questions: give --question Q --context C")
     if type(model).__name__ == "BertForTokenClassification":
