@@ -1,6 +1,6 @@
 """`bertkit export`: a checkpoint -> a verified ONNX or PyTorch-native export directory."""
 
-from .options import add_device_arguments
+from .options import add_device_arguments, add_threads_argument, apply_threads
 
 
 def add_arguments(p):
@@ -16,7 +16,7 @@ def add_arguments(p):
                         "(Pearson r for regression) of PyTorch and of the export")
     p.add_argument("--no-optimize", action="store_true",
                    help="onnx: keep plain ONNX ops (any runtime) instead of ONNX Runtime's fused BERT kernels")
-    p.add_argument("--threads", type=int, help="CPU threads for torch / ONNX Runtime during verification")
+    add_threads_argument(p, help="CPU threads for torch / ONNX Runtime during verification")
     add_device_arguments(p)
     for action in p._actions:  # the shared flags, said the way export uses them
         if action.dest == "device":
@@ -36,10 +36,7 @@ def run(args):
 
     device = resolve_device(args.device)  # a device or precision refused here: one line, --out untouched
     precision = check_precision(args.precision, device)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     from ..export import export
 
     m = export(args.model, args.format, args.out, quantize=args.quantize, seq_length=args.seq_length,

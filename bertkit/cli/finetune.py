@@ -1,6 +1,6 @@
 """`bertkit finetune`: fine-tune a checkpoint on a GLUE, sentiment or your own TSV task, or a CoNLL tagging task."""
 
-from .options import add_training_arguments, config_from_args, is_main_process
+from .options import add_threads_argument, add_training_arguments, apply_threads, config_from_args, is_main_process
 
 TASK_NAMES = ("sst-2", "cola", "mrpc", "sts-b", "qqp", "mnli", "qnli", "rte", "wnli", "xnli", "imdb", "ag-news", "rotten-tomatoes",
               "text")
@@ -38,7 +38,7 @@ def add_arguments(p):
     p.add_argument("--new-head", action="store_true",
                    help="the checkpoint already has a task head for another task: re-initialise it, keep the encoder")
     p.add_argument("--eval-before", action="store_true", help="also score the dev set before training")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    add_threads_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     add_training_arguments(p)
 
@@ -46,12 +46,9 @@ def add_arguments(p):
 def run(args):
     import json
 
-    import torch
-
     from ..train.finetune import FinetuneConfig, finetune
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     config = config_from_args(FinetuneConfig, args, progress=not args.quiet)
     if args.task in TAGGING_TASKS:
         from ..train.tagging import finetune_tagging

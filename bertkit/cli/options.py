@@ -15,6 +15,18 @@ def add_device_arguments(p) -> None:
                         "also accepted. Autocast: weights and checkpoints stay fp32 (default fp32)")
 
 
+def add_threads_argument(p, help: str = "CPU threads for torch (default: torch's choice)") -> None:
+    p.add_argument("--threads", type=int, help=help)
+
+
+def apply_threads(args) -> None:
+    """torch's CPU threads as `--threads` asks (left to torch when the flag is absent)."""
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def add_quantize_argument(p) -> None:
     """--quantize int8 for a command that runs a PyTorch model on the CPU (`embed`, `predict`)."""
     p.add_argument("--quantize", choices=("int8",),

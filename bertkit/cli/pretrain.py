@@ -1,6 +1,6 @@
 """`bertkit pretrain`: masked-LM + next-sentence pretraining from shards (torchrun for many processes)."""
 
-from .options import add_device_arguments, config_from_args, is_main_process
+from .options import add_device_arguments, add_threads_argument, apply_threads, config_from_args, is_main_process
 
 
 def add_arguments(p):
@@ -40,7 +40,7 @@ def add_arguments(p):
     add_device_arguments(p)
     p.add_argument("--max-tokens", type=int, metavar="N",
                    help="global batches of up to N real tokens (length-sorted within each shard) instead of --batch-size rows")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    add_threads_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -67,10 +67,7 @@ def run(args):
     if not 0 <= args.warmup_ratio < 1:
         raise BertkitError(f"--warmup-ratio must be in [0, 1), got {args.warmup_ratio}")
     opts = config_from_args(PretrainOptions, args, shape=shape, progress=not args.no_progress)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     final = pretrain(opts)
     if is_main_process():
         print(f"done: model in {final}, metrics in {args.out}/metrics.jsonl")

@@ -1,6 +1,6 @@
 """`bertkit squad`: fine-tune on SQuAD 1.1/2.0 and predict (or predict only with a QA checkpoint)."""
 
-from .options import add_training_arguments, config_from_args, is_main_process
+from .options import add_threads_argument, add_training_arguments, apply_threads, config_from_args, is_main_process
 
 
 def add_arguments(p):
@@ -35,7 +35,7 @@ def add_arguments(p):
     p.add_argument("--bucket-batches", type=int, default=1, metavar="N",
                    help="sort each group of N batches by window length (less padding, correlated batches); 1: random batches")
     p.add_argument("--eval-batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    add_threads_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     add_training_arguments(p)
 
@@ -43,12 +43,9 @@ def add_arguments(p):
 def run(args):
     import json
 
-    import torch
-
     from ..train.squad import SquadConfig, run_squad
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     config = config_from_args(SquadConfig, args, progress=not args.quiet)
     results = run_squad(args.model, args.out, train_file=args.train, predict_file=args.predict, config=config,
                         quiet=args.quiet)
