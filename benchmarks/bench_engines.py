@@ -5,7 +5,7 @@ by bertkit's tokenizer; every engine gets the same token ids in the same padded 
   bertkit            bertkit.load + optimize_for_cpu() (what `bertkit serve` runs on the CPU in fp32)
   bertkit-layers     the same with optimize_for_cpu(native=False): MKL-packed Linears, no compiled encoder
   bertkit-bf16       the plain model under torch.autocast("cpu", bfloat16), as `bertkit serve --precision bf16`
-  bertkit-int8       bertkit.export.torch_format.quantize_int8 (dynamic int8 Linears), as `--quantize int8`
+  bertkit-int8       bertkit.cpu.int8.quantize_int8 (per-channel weights, per-token activations), as `--quantize int8`
   bertkit-onnx       `bertkit export --format onnx` on ONNX Runtime
   bertkit-onnx-int8  `bertkit export --format onnx --quantize int8` on ONNX Runtime
   transformers       transformers' BertModel, PyTorch eager mode, fp32, its default attention (SDPA)
@@ -167,7 +167,7 @@ def load_bertkit(name: str, model_dir: Path, threads: int) -> Engine:
     import bertkit
     from bertkit.cpu import optimize_for_cpu
     from bertkit.device import resolve_precision
-    from bertkit.export.torch_format import quantize_int8
+    from bertkit.cpu.int8 import quantize_int8
     from bertkit.export.verify import torch_outputs
     from bertkit.tokenizer import EncodedBatch
 

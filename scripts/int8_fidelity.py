@@ -301,7 +301,6 @@ def main() -> None:
     if not DATA.is_dir():
         sys.exit(f"no data at {DATA}")
     from bertkit.export.graph import ExportGraph
-    from bertkit.export.torch_format import quantize_int8 as export_quantize_int8
 
     model = bertkit.load("all-minilm-l6-v2").eval()
     texts = sentences()
@@ -331,7 +330,7 @@ def main() -> None:
     if "export" in parts:
         measure("export graph (padded): ao per-tensor (before)", build(ExportGraph(model, "encoder"), per_channel=False),
                 True)
-        measure("export graph (padded): torch_format.quantize_int8", export_quantize_int8(ExportGraph(model, "encoder")),
+        measure("export graph (padded): bertkit's recipe", quantize_int8(ExportGraph(model, "encoder")),
                 True)
     if "onnx" in parts:
         onnx_variants(model, encoded, n, reference, reference_pooled, rows)

@@ -16,7 +16,6 @@ from bertkit.cli.options import quantized
 from bertkit.cpu.int8 import Int8Linear, quantize_int8
 from bertkit.errors import BertkitError
 from bertkit.export.graph import ExportGraph
-from bertkit.export.torch_format import quantize_int8 as export_quantize_int8
 from conftest import tiny_checkpoint
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(40)]
@@ -54,7 +53,7 @@ def test_recipe_quantizes_the_block_linears_and_keeps_the_rest_fp32(tiny, head):
 
 def test_export_graph_gets_the_same_recipe(tiny):
     graph = ExportGraph(tiny["classification"], "classification")
-    int8, fp32 = linears(export_quantize_int8(graph))
+    int8, fp32 = linears(quantize_int8(graph))  # what `export --format torch --quantize int8` runs
     n = tiny["classification"].config.num_hidden_layers
     assert int8 == {f"layers.{i}.{k}" for i in range(n) for k in ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")}
     assert fp32 == {"pooler", "classifier"}

@@ -3,7 +3,7 @@
 import os
 import threading
 
-from .options import add_device_arguments
+from .options import add_device_arguments, add_threads_argument, apply_threads
 
 MAX_WORKERS = 8  # batches in flight at once at most (each holds its activations)
 API_KEY_ENV = "BERTKIT_API_KEY"
@@ -18,12 +18,13 @@ def add_arguments(p):
                    help="torch: bertkit's PyTorch model (default for a checkpoint); onnx: ONNX Runtime (a checkpoint "
                         "is exported and verified at start-up). An export directory runs in its own format")
     p.add_argument("--quantize", choices=("int8",),
-                   help="a checkpoint's Linear layers in dynamic int8 (torch: bertkit's unpadded model; onnx: the export)")
+                   help="int8 (torch: bertkit's recipe, per-channel weights and per-token activations, bertkit/cpu/int8.py; "
+                        "onnx: the int8 export)")
     p.add_argument("--max-batch-size", type=int, default=32, help="inputs per forward pass (1 turns batching off)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the first input waits for others to join its batch")
     p.add_argument("--max-queue", type=int, default=1024, help="inputs waiting at most; beyond it requests get 503")
     p.add_argument("--max-client-batch-size", type=int, default=32, help="inputs one request may send")
-    p.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's choice)")
+    add_threads_argument(p, help="CPU threads for the model (default: torch's choice)")
     p.add_argument("--api-key", help=f"requests to any route but /health need 'Authorization: Bearer KEY', else 401 "
                                      f"(default: ${API_KEY_ENV}; unset: no key; the variable keeps it out of ps)")
     add_device_arguments(p)  # a checkpoint on --backend torch; exports, onnx and int8 run on the CPU in their own precision
@@ -49,11 +50,9 @@ def run(args):
     missing = [name for name in ("fastapi", "uvicorn", "prometheus_client") if find_spec(name) is None]
     if missing:
         raise BertkitError(f"bertkit serve needs {', '.join(missing)}: pip install 'bertkit[serve]'")
-    import torch
     import uvicorn
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     from ..cpu.threads import configure_threads, follows_machine
     from ..serve.app import create_app
     from ..serve.backends import load_backend

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..cpu.int8 import quantize_int8
 from ..device import resolve_device, resolve_precision
 from ..errors import BertkitError
 from . import verify
@@ -128,7 +129,7 @@ def _export(model, head, directory, graph, batches, fmt, out, quantize, max_len,
 
         if quantize:
             model_file, runtime = torch_format.INT8_FILE, "torch.jit.load (TorchScript)"
-            torch_format.write_torchscript(torch_format.quantize_int8(graph), out / model_file, sample)
+            torch_format.write_torchscript(quantize_int8(graph), out / model_file, sample)
         else:
             model_file, runtime = torch_format.FP32_FILE, "torch.export.load(path).module()"
             torch_format.write_exported_program(graph, out / model_file, sample, max_len)

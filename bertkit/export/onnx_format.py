@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..cpu.int8 import BLOCK_LINEARS  # the transformer blocks' Linear modules, named as in the export graph
 from .graph import INPUT_NAMES, ExportGraph
 
 
@@ -49,7 +50,6 @@ def optimize_for_onnxruntime(path: Path, num_heads: int, hidden_size: int) -> di
 
 # The int8 recipe for ONNX Runtime (scripts/int8_fidelity.py --parts onnx measures it; see quantize_int8).
 INT8_OP_TYPES = ("MatMul", "Attention")  # the Linear layers; embedding tables (EmbedLayerNormalization, Gather) stay fp32
-BLOCK_LINEARS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")  # ExportLayer's Linear modules
 INT8_KEEP_FP32 = ("ffn_out",)  # of those, the ones whose MatMul stays fp32
 
 

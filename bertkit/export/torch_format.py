@@ -31,15 +31,6 @@ def write_exported_program(graph: ExportGraph, path: Path, sample: tuple[torch.T
     torch.export.save(program, str(path))
 
 
-def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `module` (the export graph, or a bertkit model for `bertkit serve --quantize int8`)
-    with bertkit's int8 recipe applied: `bertkit.cpu.int8.quantize_int8` (its docstring has the recipe
-    and its measured fidelity)."""
-    from ..cpu.int8 import quantize_int8 as int8_recipe
-
-    return int8_recipe(module)
-
-
 def write_torchscript(module: torch.nn.Module, path: Path, sample: tuple[torch.Tensor, ...]) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

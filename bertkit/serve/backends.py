@@ -156,7 +156,7 @@ class TorchBackend(Backend):
         if model.load_report.get("missing") and head != "encoder":
             raise BertkitError(f"{directory}: the {head} head's weights are missing ({model.load_report['missing'][0]})")
         if quantize == "int8":
-            from ..export.torch_format import quantize_int8
+            from ..cpu.int8 import quantize_int8
 
             model = quantize_int8(model)  # bertkit's int8 recipe (cpu/int8.py); the unpadded forward stays
         elif self.device.type == "cpu" and self.precision == "fp32":
