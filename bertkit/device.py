@@ -56,7 +56,7 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     raise BertkitError(f"--device {spec}: not a device; use auto, cpu, cuda or cuda:N")
 
 
-@functools.lru_cache(maxsize=1)
+@functools.cache  # one entry per field ("flags", "vendor_id"): /proc/cpuinfo is read once for each
 def _cpuinfo(field: str) -> str:
     """The value of the first `field` line of /proc/cpuinfo (Linux; "" elsewhere)."""
     try:
