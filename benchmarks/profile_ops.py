@@ -93,15 +93,14 @@ def contenders(model, directory, workdir: Path, threads: int):
     fused = transformers_onnx(directory, workdir, model.config)
 
     def session(profile=False):
-        s = ort_session(fused, threads)
-        if profile:
-            import onnxruntime as ort
+        if not profile:
+            return ort_session(fused, threads)
+        import onnxruntime as ort
 
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-            options.enable_profiling, options.profile_file_prefix = True, str(workdir / "ort-profile")
-            s = ort.InferenceSession(str(fused), options, providers=["CPUExecutionProvider"])
-        return s
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.enable_profiling, options.profile_file_prefix = True, str(workdir / "ort-profile")
+        return ort.InferenceSession(str(fused), options, providers=["CPUExecutionProvider"])
 
     plain_ort = session()
     return {
