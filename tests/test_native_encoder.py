@@ -1,6 +1,7 @@
 """bertkit/cpu/native: the compiled encoder kernels build on this machine, equal the layer-by-layer path
-over head sizes, lengths (whole and partial vectors of keys) and activations, check their inputs, step
-aside wherever they do not apply, follow every kind of weight change, and where they cannot be built
+over head sizes, widths (whole and half GEMM panels), row counts (every register block size), lengths
+(whole and partial vectors of keys), padded batches and activations, check their inputs, step aside
+wherever they do not apply, follow every kind of weight change, and where they cannot be built
 or do not take the model's shapes `optimize_for_cpu` attaches none and the layer-by-layer path runs."""
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ import torch
 
 import bertkit
 from bertkit.cpu import optimize_for_cpu
-from bertkit.cpu.dispatch import kernel, mkl_packing_available
+from bertkit.cpu.dispatch import kernel
 from bertkit.cpu.native.encoder import kernels_apply, load_kernels
 from conftest import randomize_
-
-pytestmark = pytest.mark.skipif(not mkl_packing_available(), reason="PyTorch built without MKL")
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +55,15 @@ def native(model):
     return model
 
 
-def run_native(model, ids, segs, cls_only=False):
+def run_native(model, ids, segs, cls_only=False, lengths=None):
     """(native outputs, layer-by-layer outputs); asserts the compiled function ran."""
     fast = native(copy.deepcopy(model))
     bert = fast if isinstance(fast, bertkit.BertModel) else fast.bert
     with torch.inference_mode():
         if cls_only:
-            got, want = fast.pooled_output(ids, segs), model.pooled_output(ids, segs)
+            got, want = fast.pooled_output(ids, segs, lengths), model.pooled_output(ids, segs, lengths)
         else:
-            got, want = fast(ids, segs), model(ids, segs)
+            got, want = fast(ids, segs, lengths), model(ids, segs, lengths)
     assert bert.cpu_encoder.ready
     return got, want
 
@@ -76,13 +75,13 @@ def inputs(batch, seqlen, seed=0, vocab=300):
     return ids, segs
 
 
-def errors_against_float64(model, ids, segs):
+def errors_against_float64(model, ids, segs, lengths=None):
     """max |native - float64| and max |layer-by-layer fp32 - float64| of the hidden states and pooled
     output: the kernels must be as accurate as the fp32 path they replace (larger weights, longer
     inputs and wider layers all grow both)."""
-    (seq, pooled), (ref_seq, ref_pooled) = run_native(model, ids, segs)
+    (seq, pooled), (ref_seq, ref_pooled) = run_native(model, ids, segs, lengths=lengths)
     with torch.inference_mode():
-        exact_seq, exact_pooled = copy.deepcopy(model).double()(ids, segs)
+        exact_seq, exact_pooled = copy.deepcopy(model).double()(ids, segs, lengths)
     err = lambda a, b: max(float((a - exact_seq).abs().max()), float((b - exact_pooled).abs().max()))  # noqa: E731
     assert seq.shape == ref_seq.shape
     return err(seq, pooled), err(ref_seq, ref_pooled)
@@ -96,6 +95,23 @@ def errors_against_float64(model, ids, segs):
 def test_equals_the_layer_by_layer_path(kernels, hidden, heads, batch, seqlen):
     native_error, fp32_error = errors_against_float64(model_with(hidden, heads), *inputs(batch, seqlen))
     assert native_error < 1.5 * fp32_error + 2e-6 and native_error < 5e-5
+
+
+@pytest.mark.parametrize("hidden,heads", [(64, 4), (144, 3)])
+@pytest.mark.parametrize("lengths", [[1, 70, 33], [17, 16, 2, 9, 1], [40] * 6])
+def test_padded_batches_skip_the_padding(kernels, hidden, heads, lengths):
+    """Sentences of other lengths in one batch: each attends to its own real tokens only, and the
+    padded positions of the output are zero, as on the layer-by-layer path."""
+    ids, segs = inputs(len(lengths), max(lengths) + 3)  # every row padded, some by many positions
+    lengths = torch.tensor(lengths)
+    model = model_with(hidden, heads)
+    native_error, fp32_error = errors_against_float64(model, ids, segs, lengths)
+    assert native_error < 1.5 * fp32_error + 2e-6 and native_error < 5e-5
+    (seq, _), _ = run_native(model, ids, segs, lengths=lengths)
+    padded = torch.arange(ids.shape[1])[None, :] >= lengths[:, None]
+    assert seq[padded].abs().max() == 0
+    alone, ref_alone = run_native(model, ids, segs, cls_only=True, lengths=lengths)
+    assert (alone - ref_alone).abs().max() < 2e-5
 
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu"])
@@ -118,15 +134,22 @@ def test_task_heads_and_a_model_without_pooler(kernels):
     assert pooled is None and (seq - ref_seq).abs().max() < 2e-5
 
 
+@pytest.mark.filterwarnings("ignore::bertkit.tokenizer.TruncationWarning")  # the joined texts: cut at 512 on purpose
 def test_real_checkpoint_on_real_sentences(kernels, minilm, sst2_dev):
-    """What `bertkit serve` runs (packed layers and the native encoder) against the plain model."""
+    """What `bertkit serve` runs against the plain model: single sentences, a padded batch of 32, and
+    texts of 1 to 512 tokens (SST-2 sentences joined up to the model's length)."""
     served = optimize_for_cpu(copy.deepcopy(minilm), native=True)
+    joined = [" ".join(sst2_dev[i:i + n]) for i, n in [(0, 3), (10, 9), (20, 25), (50, 40)]]
+    batches = [[text] for text in sst2_dev[:8]] + [sst2_dev[100:132]] + [[text] for text in joined]
+    batches += [["a"], [""], joined]
+    seen = set()
     with torch.inference_mode():
-        for text in sst2_dev[:8]:
-            batch = minilm.tokenizer([text])
+        for texts in batches:
+            batch = minilm.tokenizer(texts, max_len=512)
+            seen.update(batch.valid_lengths.tolist())
             (seq, pooled), (ref_seq, ref_pooled) = served(batch), minilm(batch)
-            assert (seq - ref_seq).abs().max() < 1e-5 and (pooled - ref_pooled).abs().max() < 1e-5
-    assert served.cpu_encoder.ready
+            assert (seq - ref_seq).abs().max() < 1e-5 and (pooled - ref_pooled).abs().max() < 1e-5, texts
+    assert served.cpu_encoder.ready and min(seen) <= 3 and max(seen) == 512
 
 
 def test_bad_ids_are_an_index_error_not_a_crash(kernels):
@@ -176,24 +199,29 @@ def test_steps_aside_where_it_does_not_apply(kernels):
     enc = model.cpu_encoder
     ids, segs = inputs(2, 9, vocab=200)
     with torch.inference_mode():
-        assert enc(ids, segs, valid_lengths=torch.tensor([9, 5])) is None  # padding
-        assert enc(ids, segs, attention_mask=torch.tensor([[1] * 9, [1] * 8 + [0]])) is None
+        assert enc(ids, segs, attention_mask=torch.tensor([[1] * 9, [1] * 4 + [0] + [1] * 4])) is None  # a gap
+        assert enc(ids, segs, valid_lengths=torch.tensor([9, 0])) is None  # an empty row
         assert enc(*inputs(8, 9, vocab=200)) is None  # 72 tokens > max_tokens
+        assert enc(*inputs(8, 9, vocab=200), valid_lengths=torch.tensor([8] * 8)) is not None  # 64 real tokens
         assert enc(ids[None], segs[None]) is None  # not (B, T)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert kernel("encoder", ids, enc) == "eager"  # bf16: autocast's ops
+            assert kernel("encoder", ids, enc, lengths=[9, 9]) == "eager"  # bf16: autocast's ops
     assert enc(ids, segs) is None  # gradients on: training needs the differentiable path
     model.train()
     with torch.no_grad():
         assert enc(ids, segs) is None
     model.eval()
     with torch.no_grad():
-        assert kernel("encoder", ids, enc) == "native"
-        assert enc(ids, segs) is not None and enc(ids, segs, valid_lengths=torch.tensor([9, 9])) is not None
-    # a padded batch through the model takes the layer-by-layer path and pads with zeros as always
+        assert kernel("encoder", ids, enc, lengths=[9, 9]) == "native"
+        assert enc(ids, segs) is not None and enc(ids, segs, valid_lengths=torch.tensor([9, 5])) is not None
+        assert enc(ids, segs, attention_mask=torch.tensor([[1] * 9, [1] * 8 + [0]])) is not None
+    # a mask with a gap through the model takes the layer-by-layer path
+    mask = torch.tensor([[1] * 9, [0] + [1] * 8])
     with torch.inference_mode():
-        seq, _ = model(ids, segs, torch.tensor([9, 5]))
-    assert seq[1, 5:].abs().max() == 0
+        seq, _ = model(ids, segs, attention_mask=mask)
+        model.cpu_encoder = None
+        ref, _ = model(ids, segs, attention_mask=mask)
+    assert seq[1, 0].abs().max() == 0 and (seq - ref).abs().max() == 0
 
 
 def test_follows_weight_changes(kernels):

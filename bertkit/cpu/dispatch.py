@@ -1,7 +1,7 @@
 """Which kernel a tensor reaches on bertkit's CPU paths. Every such choice is made in `kernel()`.
 
-A BertModel forward meets four choices: the whole encoder (the compiled kernels of `native/` for
-small unpadded inputs, or the layer-by-layer path), each Linear with its epilogue (MKL's packed
+A BertModel forward meets four choices: the whole encoder (the compiled kernels of `native/`, or the
+layer-by-layer path), each Linear with its epilogue (MKL's packed
 GEMM, oneDNN's GEMM with the bias, GELU or residual add inside, or the module's own forward),
 attention (softmax, dropout and the product with V in one autograd step, or SDPA) and dropout (the
 byte mask, or PyTorch's). The answer depends on the tensor (device, dtype, rows), the mode (training,
@@ -52,18 +52,19 @@ def _inference(x: torch.Tensor) -> bool:
 
 
 def kernel(op: str, x: torch.Tensor, module: nn.Module | None = None, *, p: float = 0.0, training: bool = False,
-           valid_lengths=None, attention_mask=None) -> str:
+           lengths=None) -> str:
     """The kernel that `op` runs for input `x`: the first row of `op` whose conditions all hold.
 
     op           kernel       conditions
     -----------  -----------  -----------------------------------------------------------------------
     "encoder"    "native"     `module`: the model's native encoder (optimize_for_cpu attaches one
                               where the kernels built and take the model's shapes); its model in eval
-                              mode; `x`: input ids (B, T) with B*T <= the encoder's `max_tokens` and
-                              T <= the model's positions, no padding (`valid_lengths` /
-                              `attention_mask`); inference (below); the model's Linear layers plain
-                              float32 ones with a bias (not int8 or half: asked of the encoder, which
-                              checks again only after a parameter changed)
+                              mode; `x`: input ids (B, T), T <= the model's positions; `lengths`: the
+                              real tokens of each row, all first in their row (None where a mask has a
+                              gap), each >= 1, at most the encoder's `max_tokens` in all; inference
+                              (below); the model's Linear layers plain float32 ones with a bias (not
+                              int8 or half: asked of the encoder, which checks again only after a
+                              parameter changed)
                  "eager"      otherwise: BertModel's layer-by-layer path, which meets the rows below
     "linear"     "onednn"     `module` an nn.Linear with a float32 weight and a bias; `x` float32 with
                               more rows than the module's `packed_rows`; the module's `fuse`; inference;
@@ -96,13 +97,8 @@ def kernel(op: str, x: torch.Tensor, module: nn.Module | None = None, *, p: floa
         return "eager" if training and p > 0 and x.device.type == "cpu" else "sdpa"
     if op == "encoder":
         bert = module.bert
-        if (bert.training or x.dim() != 2 or x.numel() > module.max_tokens
+        if (bert.training or x.dim() != 2 or not lengths or min(lengths) < 1 or sum(lengths) > module.max_tokens
                 or x.shape[1] > bert.config.max_position_embeddings or not _inference(x)):
-            return "eager"
-        if attention_mask is not None:
-            if not bool(attention_mask.all()):
-                return "eager"
-        elif valid_lengths is not None and int(torch.as_tensor(valid_lengths).min()) < x.shape[1]:
             return "eager"
         return "native" if module.current_weights() is not None else "eager"
     raise ValueError(f"no kernel choice for {op!r}")

@@ -1,14 +1,17 @@
-"""The encoder in compiled kernels, for small unpadded CPU inputs: one short sentence faster than ONNX Runtime.
+"""The encoder in compiled kernels, for CPU inference on batches of any shape: the default fp32 path.
 
-For one short sentence (SST-2 dev: 25 tokens on average) BERT's matrix multiplies are small and the
-rest of a forward pass is mostly Python: each of the ~100 PyTorch calls of a MiniLM forward costs a
-few microseconds of interpreter and module overhead, and together they cost as much as a third of
-the GEMMs. `encoder.cpp` runs the whole encoder and pooler as one call from C++, over the model's own
-tensors and a few derived copies:
-- MKL-packed weights for all four matrix multiplies of a layer (as `packed_linear.py`);
-- the attention scale 1/sqrt(head_dim) folded into the query rows of the Q/K/V weight, once;
-- its own vectorized attention, add + LayerNorm, GELU and embedding sum, single passes over memory;
-- no padding bookkeeping: it is used only when every row is full (no padding at all).
+At one short sentence (SST-2 dev: 25 tokens on average) a PyTorch forward is ~100 small operations,
+each a few microseconds of interpreter and dispatch, and PyTorch's GEMMs (MKL's, oneDNN's) are tuned
+for larger inputs: on an AMD EPYC they reached 103 and 176 GFLOP/s at 25 rows where a plain
+register-blocked kernel reaches 218 (benchmarks/native_gemm.py). On padded batches the layer path
+pays for attention over padding and a mask. `encoder.cpp` runs the whole encoder and pooler as one
+call from C++, over the model's own tensors and derived copies made once:
+- every Linear's weight and bias packed into the kernels' panels (`pack_linear`), with the attention
+  scale 1/sqrt(head_dim) folded into the query rows of the Q/K/V weight;
+- its own GEMM (bias in, GELU / ReLU on the way out), attention per sentence over its real tokens,
+  add + LayerNorm, and embedding sum: single passes over memory;
+- padding skipped: the real tokens of every sentence are packed row after row, as the layer path's
+  `padding.py` does, and the padded positions of the output are zero, as there.
 
 It is compiled on first use on the user's machine with PyTorch's C++ extension builder (a C++
 compiler and ninja; about 30 s, once), for the instruction set PyTorch itself uses on this CPU, and
@@ -17,10 +20,9 @@ attaches a `NativeEncoder` to each BertModel as `model.cpu_encoder`, and `BertMo
 first. Where the kernels cannot be built (no compiler), do not apply (head size not a multiple of 16
 up to 128) or are turned off (`BERTKIT_NATIVE=0`), nothing is attached and the layer-by-layer path
 runs. Which inputs it takes is `dispatch.kernel`'s "encoder" row: eval mode without gradients, float32
-layers, unpadded inputs of up to `max_tokens` tokens in all (above that the layer-by-layer path with
-its fused oneDNN kernels is as fast: benchmarks/native_token_limit.py). The derived copies are
-rebuilt when any parameter changes (weight_cache.py). Outputs equal the layer-by-layer path's up to
-float32 rounding (tests/test_native_encoder.py).
+layers, real tokens first in every row (any padding after them), up to `max_tokens` real tokens per
+call. The derived copies are rebuilt when any parameter changes (weight_cache.py). Outputs equal the
+layer-by-layer path's up to float32 rounding (tests/test_native_encoder.py).
 """
 
 from __future__ import annotations
@@ -36,13 +38,13 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..dispatch import kernel, mkl_packing_available
+from ..dispatch import kernel
 from ..ops import ACTIVATIONS
-from ..weight_cache import PACK_FOR_ROWS, ParametersWatch
+from ..weight_cache import ParametersWatch
 
-# Up to this many tokens per call the kernels beat the layer-by-layer path (MiniLM, 2 threads: 1.13x
-# at 256 tokens, 1.01x at 384; benchmarks/native_token_limit.py, docs/benchmarks.md).
-MAX_TOKENS = 256
+# Real tokens per call above which the layer-by-layer path runs instead (benchmarks/native_token_limit.py
+# measures where each is faster); it bounds the kernels' working memory, as the batcher bounds a batch.
+MAX_TOKENS = 16384
 
 _SOURCE = Path(__file__).with_name("encoder.cpp")
 _HEAD_STEP = 16  # the kernels take head sizes in multiples of 16 up to 128 (and widths in multiples of 16)
@@ -78,8 +80,6 @@ def load_kernels():
 def _build() -> Tuple[object, str]:
     if os.environ.get("BERTKIT_NATIVE", "1") == "0":
         return None, "BERTKIT_NATIVE=0"
-    if not mkl_packing_available():
-        return None, "PyTorch was built without MKL"
     capability = torch.backends.cpu.get_cpu_capability()
     name = f"bertkit_encoder_{capability.lower()}"
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
@@ -124,15 +124,15 @@ class _EncoderWeights:
         self.has_pooler = bert.pooler is not None
         if self.has_pooler:
             linears.append((bert.pooler.weight.detach(), bert.pooler.bias.detach()))
-        self.weights = [w for w, _ in linears]
-        self.biases = [b for _, b in linears]
-        self.packed = [torch.ops.mkl._mkl_reorder_linear_weight(w, PACK_FOR_ROWS) for w in self.weights]
+        kernels = load_kernels()
+        self.packed = [kernels.pack_linear(w, b) for w, b in linears]
+        self.widths = [w.shape[0] for w, _ in linears]
         self.norms = norms
 
-    def encode(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, cls_only: bool):
+    def encode(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, lengths: List[int], cls_only: bool):
         return load_kernels().encode(
-            input_ids.long().contiguous(), segment_ids.long().contiguous(), cls_only, self.word, self.segment,
-            self.position, self.emb_norm_w, self.emb_norm_b, self.packed, self.weights, self.biases, self.norms,
+            input_ids.long().contiguous(), segment_ids.long().contiguous(), lengths, cls_only, self.word,
+            self.segment, self.position, self.emb_norm_w, self.emb_norm_b, self.packed, self.widths, self.norms,
             self.heads, self.head_dim, self.eps, self.activation, self.has_pooler)
 
 
@@ -147,14 +147,15 @@ class NativeEncoder:
         self._weights, self._built_from, self._watch = None, None, ParametersWatch(bert)
 
     def __call__(self, input_ids, segment_ids=None, valid_lengths=None, attention_mask=None, cls_only=False):
-        """BertModel.forward's (sequence output, pooled output) for an unpadded batch, or None where
-        the kernels do not take it (then the caller runs the layer-by-layer path). With `cls_only`:
+        """BertModel.forward's (sequence output, pooled output), or None where the kernels do not take
+        the batch (then the caller runs the layer-by-layer path). With `cls_only`:
         (final [CLS] hidden states (B, H), pooled output), for BertModel.pooled_output: the last
         layer's per-token work after attention runs for those rows alone."""
-        if kernel("encoder", input_ids, self, valid_lengths=valid_lengths, attention_mask=attention_mask) != "native":
+        lengths = real_lengths(input_ids, valid_lengths, attention_mask)
+        if kernel("encoder", input_ids, self, lengths=lengths) != "native":
             return None
         segment_ids = torch.zeros_like(input_ids) if segment_ids is None else segment_ids
-        seq, pooled = self._weights.encode(input_ids, segment_ids, cls_only)
+        seq, pooled = self._weights.encode(input_ids, segment_ids, lengths, cls_only)
         return seq, (pooled if self.bert.pooler is not None else None)
 
     def current_weights(self) -> Optional[_EncoderWeights]:
@@ -175,6 +176,23 @@ class NativeEncoder:
     def __deepcopy__(self, memo):
         # a deep-copied model gets its own (lazily built) weights over its own tensors
         return NativeEncoder(copy.deepcopy(self.bert, memo), self.max_tokens)
+
+
+def real_lengths(input_ids: torch.Tensor, valid_lengths=None, attention_mask=None) -> Optional[List[int]]:
+    """The number of real tokens of each row of `input_ids` (B, T), where every row has its real
+    tokens first; None where a mask has a gap (a padded position before a real one)."""
+    if input_ids.dim() != 2:
+        return None
+    batch, seqlen = input_ids.shape
+    if attention_mask is not None:
+        mask = attention_mask.to(torch.bool)
+        counts = mask.sum(1)
+        if not bool((mask == (torch.arange(seqlen, device=mask.device) < counts[:, None])).all()):
+            return None
+        return counts.tolist()
+    if valid_lengths is not None:
+        return torch.as_tensor(valid_lengths).clamp(max=seqlen).tolist()
+    return [seqlen] * batch
 
 
 def _plain_float_layers(bert) -> bool:
