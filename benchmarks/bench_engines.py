@@ -2,10 +2,13 @@
 
 all-minilm-l6-v2 (the HF-layout checkpoint bertkit's zoo name resolves to), SST-2 dev tokenized once
 by bertkit's tokenizer; every engine gets the same token ids in the same padded batches:
-  bertkit            bertkit.load + optimize_for_cpu() (what `bertkit serve` runs on the CPU in fp32)
-  bertkit-layers     the same with optimize_for_cpu(native=False): MKL-packed Linears, no compiled encoder
-  bertkit-bf16       the plain model under torch.autocast("cpu", bfloat16), as `bertkit serve --precision bf16`
-  bertkit-int8       bertkit.cpu.int8.quantize_int8 (per-channel weights, per-token activations), as `--quantize int8`
+  bertkit            bertkit.load + cpu.optimize.for_inference (what `bertkit serve`, `embed`, `predict` run on
+                     the CPU in fp32: the compiled encoder with its own GEMMs, padding skipped)
+  bertkit-layers     optimize_for_cpu(native=False): the layer-by-layer path alone, no compiled encoder
+  bertkit-bf16       for_inference in bf16, under torch.autocast("cpu", bfloat16), as `--precision bf16`: the
+                     compiled encoder's AVX512_BF16 GEMMs
+  bertkit-int8       for_inference with quantize="int8" (bertkit/cpu/int8.py: per-channel weights, per-token
+                     activations), as `--quantize int8`
   bertkit-onnx       `bertkit export --format onnx` on ONNX Runtime
   bertkit-onnx-int8  `bertkit export --format onnx --quantize int8` on ONNX Runtime
   transformers       transformers' BertModel, PyTorch eager mode, fp32, its default attention (SDPA)
@@ -17,7 +20,7 @@ by bertkit's tokenizer; every engine gets the same token ids in the same padded 
   ct2, ct2-int8      CTranslate2 Encoder on the checkpoint converted by TransformersConverter (float32
                      weights), compute_type float32 / int8
 The bertkit PyTorch engines (bertkit, -layers, -bf16, -int8) get the valid lengths and skip padded
-tokens (bertkit's compiled encoder takes only unpadded input: batch 1 here); CTranslate2 gets the
+tokens; CTranslate2 gets the
 lengths, and its encoder drops padding outside attention (OpenNMT/CTranslate2#251); every other engine
 (transformers, the ONNX graphs on ONNX Runtime and OpenVINO) computes the padded batch under its mask.
 
@@ -166,21 +169,23 @@ def load_bertkit(name: str, model_dir: Path, threads: int) -> Engine:
 
     import bertkit
     from bertkit.cpu import optimize_for_cpu
+    from bertkit.cpu.optimize import for_inference, inference_path
     from bertkit.device import resolve_precision
-    from bertkit.cpu.int8 import quantize_int8
     from bertkit.export.verify import torch_outputs
     from bertkit.tokenizer import EncodedBatch
 
     torch.set_num_threads(threads)
     model, precision, note = bertkit.load(model_dir).eval(), "fp32", ""
-    if name in ("bertkit", "bertkit-layers"):
-        optimize_for_cpu(model, native=name == "bertkit")
-        native = any(getattr(m, "cpu_encoder", None) is not None for m in model.modules())
-        note = f"compiled encoder {'attached' if native else 'not attached: layer-by-layer path'}"
-    elif name == "bertkit-bf16":
-        precision = resolve_precision("bf16", torch.device("cpu"))  # refuses a CPU without native bf16
-    elif name == "bertkit-int8":
-        model = quantize_int8(model)
+    cpu = torch.device("cpu")
+    if name == "bertkit-layers":
+        optimize_for_cpu(model, native=False)
+        note = "optimize_for_cpu(native=False): layer-by-layer path"
+    else:
+        if name == "bertkit-bf16":
+            precision = resolve_precision("bf16", cpu)  # refuses a CPU without native bf16
+        quantize = "int8" if name == "bertkit-int8" else None
+        note = inference_path(model.config, precision, quantize)
+        model = for_inference(model, cpu, precision, quantize)
 
     def prepare(b):
         return EncodedBatch(torch.from_numpy(b.np_ids), torch.from_numpy(b.np_segs), torch.from_numpy(b.lengths), [])
@@ -189,9 +194,8 @@ def load_bertkit(name: str, model_dir: Path, threads: int) -> Engine:
         return torch_outputs(model, "encoder", batch, precision)[0]
 
     versions = {"torch": torch.__version__, "bertkit": bertkit.__version__}
-    if name == "bertkit-int8":  # its forward stays fp32 (no autocast) around the int8 Linears
-        return Engine(prepare, forward, "int8", versions, "dynamic quantization: int8 weights, activations per call")
-    return Engine(prepare, forward, precision, versions, note)
+    # int8: its forward stays fp32 (no autocast) around the int8 Linears
+    return Engine(prepare, forward, "int8" if name == "bertkit-int8" else precision, versions, note)
 
 
 def load_transformers(model_dir: Path, threads: int) -> Engine:

@@ -4,6 +4,7 @@ Each command runs as `python -m bertkit ...` in a subprocess, as a user would ru
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import warnings
@@ -13,6 +14,8 @@ import pytest
 from conftest import assert_cli_error, run_cli
 
 import bertkit
+import torch
+from bertkit.cpu.optimize import for_inference
 from bertkit.inference.embedding import BertEmbedding
 from bertkit.model import count_parameters
 
@@ -34,8 +37,12 @@ def test_info(minilm, minilm_dir):
     assert f"model       {minilm_dir}" in r.stdout
     assert f"BertModel (bert_6_384_12, {count_parameters(minilm):,} parameters)" in r.stdout
     assert "vocabulary  30522 WordPiece tokens, uncased" in r.stdout and "heads       pooler" in r.stdout
-    threads_line = r.stdout.splitlines()[-1]
-    assert threads_line.startswith("threads: ") and "wait " in threads_line  # what was chosen and why
+    lines = r.stdout.splitlines()
+    threads_line = next(line for line in lines if line.startswith("threads: "))
+    assert "wait " in threads_line  # what was chosen and why
+    paths = lines[lines.index("CPU inference (bertkit serve / embed / predict on this CPU):") + 1:]
+    assert [p.split(":")[0].strip() for p in paths] == ["fp32", "bf16", "int8"]  # which path each precision takes, and why
+    assert "int8 activations per token" in paths[2] or "per-token int8 activations" in paths[2]
     r = run_cli("info", minilm_dir, "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
@@ -43,6 +50,7 @@ def test_info(minilm, minilm_dir):
     assert report["heads_present"] == ["pooler"] and report["vocab_size"] == 30522 and report["lowercase"] is True
     assert report["initialised_tensors"] == [] and report["unused_tensors"] == []
     assert report["threads"] == threads_line
+    assert [report["cpu_inference"][k].strip() for k in ("fp32", "bf16", "int8")] == [p.strip() for p in paths]
     assert report["config"]["hidden_size"] == 384 and report["config"]["num_hidden_layers"] == 6
 
 
@@ -111,7 +119,8 @@ def test_tokenize_bad_input(tmp_path):
 # ---- embed --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def emb(minilm):
-    return BertEmbedding(minilm, device="cpu")
+    """What `bertkit embed` runs on the CPU: the model after for_inference (the compiled encoder)."""
+    return BertEmbedding(for_inference(copy.deepcopy(minilm), torch.device("cpu")), device="cpu")
 
 
 def test_embed_token_vectors_jsonl(emb):

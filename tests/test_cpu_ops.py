@@ -17,7 +17,9 @@ from bertkit import config
 from bertkit.cpu import optimize_for_cpu
 from bertkit.cpu import dispatch
 from bertkit.cpu.dispatch import kernel, mkl_gemm_preferred, mkl_packing_available, onednn_available
+from bertkit.cpu.native.encoder import MAX_TOKENS, load_kernels
 from bertkit.cpu.ops import ACTIVATIONS
+from bertkit.cpu.optimize import for_inference, inference_path
 from bertkit.cpu.packed_linear import PACKED_ROWS, PackedLinear
 from bertkit.cpu.weight_cache import ParametersWatch
 from conftest import randomize_
@@ -71,8 +73,9 @@ def test_optimize_for_cpu_takes_its_knobs_as_parameters(minilm, sst2_dev):
 
 
 @pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD", ""])
-def test_small_inputs_take_mkl_only_on_intel(vendor, monkeypatch):
-    """MKL picks kernels by vendor (slower GEMMs on AMD), oneDNN by instruction set: the defaults follow."""
+def test_layer_path_takes_mkl_only_on_intel(vendor, monkeypatch):
+    """MKL picks kernels by vendor (slower GEMMs on AMD), oneDNN by instruction set: the layer path's
+    defaults follow; the compiled encoder (its own GEMMs) is attached on every vendor."""
     monkeypatch.setattr(dispatch, "cpu_vendor", lambda: vendor)
     cfg = bertkit.BertConfig.from_preset("bert_2_128_2", vocab_size=64)
     model = optimize_for_cpu(bertkit.BertModel(cfg).eval(), native=False)
@@ -81,8 +84,39 @@ def test_small_inputs_take_mkl_only_on_intel(vendor, monkeypatch):
     with torch.inference_mode():
         assert kernel("linear", torch.zeros(5, 128), model.layers[0].ffn_in) == (
             "packed" if vendor == "GenuineIntel" and mkl_packing_available() else "onednn" if onednn_available() else "module")
-    if vendor != "GenuineIntel":
-        assert optimize_for_cpu(model).cpu_encoder is None  # the native encoder runs on MKL's GEMM: not here
+    if load_kernels() is not None:
+        assert optimize_for_cpu(model).cpu_encoder is not None
+
+
+@pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD"])
+def test_the_path_for_each_shape_and_precision_is_the_documented_one(vendor, monkeypatch):
+    """docs/benchmarks.md and `bertkit info`: on the CPU, fp32 and bf16 (with AVX512_BF16) run the compiled
+    encoder for batch 1 and padded batches of 32 up to MAX_TOKENS real tokens, the layer path above it;
+    int8 runs its own layers. The same on both vendors."""
+    if load_kernels() is None:
+        pytest.skip("the compiled encoder does not build here")
+    monkeypatch.setattr(dispatch, "cpu_vendor", lambda: vendor)
+    cfg = bertkit.BertConfig.from_preset("bert_2_128_2", vocab_size=64)
+    model = for_inference(bertkit.BertModel(cfg).eval(), torch.device("cpu"))
+    enc = model.cpu_encoder
+    one, batch = torch.ones(1, 25, dtype=torch.long), torch.ones(32, 60, dtype=torch.long)
+    lengths = [60] + [20] * 31
+    big = torch.ones(16, 512, dtype=torch.long)
+    with torch.inference_mode():
+        assert kernel("encoder", one, enc, lengths=[25]) == "native"
+        assert kernel("encoder", batch, enc, lengths=lengths) == "native"
+        assert kernel("encoder", big, enc, lengths=[512] * 16) == "eager"  # 8,192 real tokens > MAX_TOKENS
+        assert 512 * 16 > MAX_TOKENS >= 60 + 31 * 20
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = "native-bf16" if load_kernels().bf16_supported() else "eager"
+            assert kernel("encoder", one, enc, lengths=[25]) == bf16
+            assert kernel("encoder", batch, enc, lengths=lengths) == bf16
+    assert "compiled encoder" in inference_path(cfg, "fp32")
+    assert ("AVX512_BF16 GEMMs" in inference_path(cfg, "bf16")) == load_kernels().bf16_supported()
+    int8 = for_inference(model, torch.device("cpu"), "fp32", "int8")
+    with torch.inference_mode():
+        assert kernel("encoder", one, int8.cpu_encoder, lengths=[25]) == "eager"  # int8 layers: their own path
+    assert inference_path(cfg, "fp32", "int8").startswith("int8: per-channel int8 weights")
 
 
 def test_parameters_watch_sees_every_kind_of_change():

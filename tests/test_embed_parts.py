@@ -11,6 +11,7 @@ recomputed by a rerun with the same --part-lines."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -21,10 +22,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from conftest import DATA, REPO, assert_cli_error, run_cli, tiny_checkpoint
 
 from bertkit.cli import main
 from bertkit.cli.embed import CHUNK
+from bertkit.cpu.optimize import for_inference
 from bertkit.inference.embed_parts import read_parts
 from bertkit.inference.embedding import BertEmbedding
 
@@ -148,7 +151,8 @@ def test_one_process_without_part_lines_writes_one_file_as_before(runs, texts, m
     assert (root / "one.npy").is_file() and not (root / "settings.json").exists()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        expected = BertEmbedding(minilm, device="cpu").sentence_vectors(texts, pooling="auto")
+        # what `bertkit embed` runs on the CPU: the model after for_inference (the compiled encoder)
+        expected = BertEmbedding(for_inference(copy.deepcopy(minilm), torch.device("cpu")), device="cpu").sentence_vectors(texts, pooling="auto")
     np.testing.assert_allclose(np.load(root / "one.npy"), expected, rtol=0, atol=1e-6)
 
 

@@ -3,7 +3,6 @@ the fidelity it claims on real sentences (all-minilm-l6-v2, SST-2 dev)."""
 
 from __future__ import annotations
 
-import argparse
 import re
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import bertkit
-from bertkit.cli.options import quantized
+from bertkit.cpu.optimize import for_inference
 from bertkit.cpu.int8 import Int8Linear, quantize_int8
 from bertkit.errors import BertkitError
 from bertkit.export.graph import ExportGraph
@@ -190,5 +189,5 @@ def test_embed_and_predict_take_quantize_int8(tmp_path):
     classifier = tiny_checkpoint(tmp_path / "classifier", VOCAB, "classification", randomize=True)
     r = run_cli("predict", "--model", classifier, "w1 w2 w3", "--quantize", "int8")
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
-    with pytest.raises(BertkitError, match="--quantize int8 runs on the CPU in fp32, not on cuda in fp32"):
-        quantized(bertkit.load(directory), argparse.Namespace(quantize="int8"), torch.device("cuda"), "fp32")
+    with pytest.raises(BertkitError, match="--quantize int8 runs bertkit's int8 CPU kernels: use it on the CPU in fp32, not on cuda in fp32"):
+        for_inference(bertkit.load(directory), torch.device("cuda"), "fp32", "int8")

@@ -114,6 +114,42 @@ def test_padded_batches_skip_the_padding(kernels, hidden, heads, lengths):
     assert (alone - ref_alone).abs().max() < 2e-5
 
 
+@pytest.mark.parametrize("hidden,heads", [(64, 4), (144, 3)])
+def test_bf16_matrix_multiplies_are_as_accurate_as_autocast(kernels, hidden, heads):
+    """`--precision bf16` on a CPU with AVX512_BF16: the kernels' bf16 products (float32 sums, the rest
+    float32) are at least as close to float32 as autocast's layer-by-layer path, padded batch included."""
+    if not kernels.bf16_supported():
+        pytest.skip("this CPU has no AVX512_BF16: bf16 runs autocast's layer-by-layer path")
+    model = model_with(hidden, heads)
+    fast = native(copy.deepcopy(model))
+    ids, segs = inputs(3, 40)
+    lengths = torch.tensor([40, 23, 1])
+    with torch.inference_mode():
+        exact, exact_pooled = model(ids, segs, lengths)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert kernel("encoder", ids, fast.cpu_encoder, lengths=lengths.tolist()) == "native-bf16"
+            got, pooled = fast(ids, segs, lengths)
+            ref, ref_pooled = model(ids, segs, lengths)
+    assert got.dtype == torch.float32 and fast.cpu_encoder.ready
+    err, ref_err = (got - exact).abs().max(), (ref.float() - exact).abs().max()
+    assert 0 < err < 1.2 * ref_err and err < 0.1
+    assert (pooled - exact_pooled).abs().max() < 1.2 * (ref_pooled.float() - exact_pooled).abs().max()
+    assert got[2, 1:].abs().max() == 0  # padding stays zero
+
+
+def test_bf16_packing_rounds_like_autocast(kernels):
+    """The packed bf16 panels hold exactly the weights rounded to bf16, in the pair order the
+    dot-product instruction reads; a half panel (N % 32 == 16) is zero-filled."""
+    w, b = torch.randn(48, 6), torch.randn(48)
+    panels, bias = kernels.pack_linear_bf16(w, b)
+    assert panels.shape == (2, 3, 32, 2) and panels.dtype == torch.bfloat16 and bias.shape == (64,)
+    wb = w.to(torch.bfloat16)
+    for n in range(48):
+        for k in range(6):
+            assert panels[n // 32, k // 2, n % 32, k % 2] == wb[n, k]
+    assert panels[1, :, 16:].abs().max() == 0 and bias[48:].abs().max() == 0 and (bias[:48] == b).all()
+
+
 @pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu"])
 def test_every_activation_and_the_cls_only_rows(kernels, act):
     model = model_with(128, 4, act=act)
@@ -204,8 +240,10 @@ def test_steps_aside_where_it_does_not_apply(kernels):
         assert enc(*inputs(8, 9, vocab=200)) is None  # 72 tokens > max_tokens
         assert enc(*inputs(8, 9, vocab=200), valid_lengths=torch.tensor([8] * 8)) is not None  # 64 real tokens
         assert enc(ids[None], segs[None]) is None  # not (B, T)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert kernel("encoder", ids, enc, lengths=[9, 9]) == "eager"  # bf16: autocast's ops
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16: the kernels' own bf16 GEMMs where the CPU has them
+            assert kernel("encoder", ids, enc, lengths=[9, 9]) == ("native-bf16" if kernels.bf16_supported() else "eager")
+        with torch.autocast("cpu", dtype=torch.float16):  # fp16: autocast's ops
+            assert kernel("encoder", ids, enc, lengths=[9, 9]) == "eager"
     assert enc(ids, segs) is None  # gradients on: training needs the differentiable path
     model.train()
     with torch.no_grad():

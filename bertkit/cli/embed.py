@@ -6,7 +6,7 @@ directory of parts of a --file, each rank writing its own, resumable part by par
 """
 
 
-from .options import add_device_arguments, add_quantize_argument, quantized
+from .options import add_device_arguments, add_quantize_argument
 
 CHUNK = 4096  # lines encoded at a time from --file: memory stays flat on big files
 PART_LINES = 25 * CHUNK  # parts start on chunk boundaries: batched exactly as a one-process run batches them
@@ -44,6 +44,7 @@ def run(args):
     import numpy as np
     from tqdm import tqdm
 
+    from ..cpu.optimize import for_inference
     from ..device import resolve_precision
     from ..errors import BertkitError
     from ..inference.embedding import BertEmbedding
@@ -66,7 +67,7 @@ def run(args):
     if args.part_lines is not None or world_size > 1:
         return _run_parts(args, device, precision, rank, world_size)
     emb = BertEmbedding(args.model, max_len=args.max_len, batch_size=args.batch_size, device=device, precision=precision)
-    emb.model = quantized(emb.model, args, device, precision)
+    emb.model = for_inference(emb.model, device, precision, args.quantize)
     lines = iter(args.sentences) if args.sentences else iter_lines(args.file, errors=args.errors)
     out = open(args.out, "w", encoding="utf-8") if args.out and args.format == "jsonl" else sys.stdout
     # A progress bar only for a person watching: piped stderr stays clean (one-line errors and notes).
@@ -132,6 +133,7 @@ def _run_parts(args, device, precision: str, rank: int, world_size: int) -> None
 
     from tqdm import tqdm
 
+    from ..cpu.optimize import for_inference
     from ..errors import BertkitError
     from ..inference.embed_parts import OwnedParts, check_settings, part_name, write_index_if_complete
     from ..inference.embedding import BertEmbedding
@@ -154,7 +156,7 @@ def _run_parts(args, device, precision: str, rank: int, world_size: int) -> None
     directory = Path(args.out)
     check_settings(directory, settings)
     emb = BertEmbedding(args.model, max_len=args.max_len, batch_size=args.batch_size, device=device, precision=precision)
-    emb.model = quantized(emb.model, args, device, precision)
+    emb.model = for_inference(emb.model, device, precision, args.quantize)
     parts = OwnedParts(iter_lines(args.file, errors=args.errors), directory, args.format, part_lines, rank, world_size)
     bar = tqdm(desc="embedding", unit=" sentences", disable=rank != 0 or not sys.stderr.isatty(), file=sys.stderr)
     warnings.simplefilter("ignore", TruncationWarning)

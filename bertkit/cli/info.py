@@ -11,6 +11,7 @@ def run(args):
     import json
 
     from ..pretrained import load
+    from ..cpu.optimize import inference_path
     from ..cpu.threads import describe
     from ..model import count_parameters
 
@@ -29,6 +30,9 @@ def run(args):
         "initialised_tensors": model.load_report["missing"],
         "unused_tensors": model.load_report["unexpected"],
         "threads": describe(),
+        # which CPU path each precision takes with this model here, and why (nothing is compiled to say it)
+        "cpu_inference": {name: inference_path(cfg, *how, build=False)
+                          for name, how in (("fp32", ("fp32",)), ("bf16", ("bf16",)), ("int8", ("fp32", "int8")))},
     }
     if args.json:
         print(json.dumps(report))
@@ -46,6 +50,9 @@ def run(args):
     if report["unused_tensors"]:
         print(f"unused      {len(report['unused_tensors'])} tensor(s) in the file not used by this model")
     print(report["threads"])
+    print("CPU inference (bertkit serve / embed / predict on this CPU):")
+    for line in report["cpu_inference"].values():
+        print(f"  {line}")
 
 
 def _heads_present(model):

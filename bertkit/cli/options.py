@@ -34,19 +34,6 @@ def add_quantize_argument(p) -> None:
                         "CPU, fp32 only")
 
 
-def quantized(model, args, device, precision: str):
-    """`model` as `--quantize` asks (an int8 copy), or `model` itself."""
-    if getattr(args, "quantize", None) is None:
-        return model
-    if device.type != "cpu" or precision != "fp32":
-        from ..errors import BertkitError
-
-        raise BertkitError(f"--quantize int8 runs on the CPU in fp32, not on {device} in {precision}")
-    from ..cpu.int8 import quantize_int8
-
-    return quantize_int8(model)
-
-
 def add_training_arguments(p) -> None:
     """The one training loop's flags (train/loop.py), for `finetune` and `squad`."""
     add_device_arguments(p)

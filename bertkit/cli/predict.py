@@ -1,6 +1,6 @@
 """`bertkit predict`: the label (and its probability) or regression score of texts, or their entities, from a fine-tuned checkpoint."""
 
-from .options import add_device_arguments, add_quantize_argument, quantized
+from .options import add_device_arguments, add_quantize_argument
 
 
 def add_arguments(p):
@@ -71,6 +71,7 @@ def _answer(model, args, precision):
 
 
 def run(args):
+    from ..cpu.optimize import for_inference
     from ..device import resolve_device, resolve_precision
     from ..errors import BertkitError
     from ..inference.predict import predict
@@ -79,12 +80,12 @@ def run(args):
     device = resolve_device(args.device)  # a device or precision this machine lacks: one line, nothing written
     precision = resolve_precision(args.precision, device)
     if args.question is not None or args.context is not None:
-        return _answer(quantized(load(args.model).to(device), args, device, precision), args, precision)
+        return _answer(for_inference(load(args.model), device, precision, args.quantize), args, precision)
     if args.file and args.texts:
         raise BertkitError("give either TEXT [TEXT_B] or --file, not both")
     if not args.file and not args.texts:
         raise BertkitError("give one TEXT, a pair TEXT TEXT_B, or --file F.tsv")
-    model = quantized(load(args.model).to(device), args, device, precision)
+    model = for_inference(load(args.model), device, precision, args.quantize)
     if type(model).__name__ == "BertForQuestionAnswering":
         raise BertkitError(f"--model {args.model} answers questions: give --question Q --context C")
     if type(model).__name__ == "BertForTokenClassification":

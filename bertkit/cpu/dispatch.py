@@ -44,11 +44,15 @@ def graph_capture() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
 
 
-def _inference(x: torch.Tensor) -> bool:
-    """x on the CPU, gradients off, no CPU autocast region (`--precision bf16`: autocast's bf16 ops
-    run, not the float32 kernels), no graph being recorded."""
-    return (x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and not graph_capture())
+def _inference(x: torch.Tensor, autocast_ok: bool = False) -> bool:
+    """x on the CPU, gradients off, no graph being recorded, and (unless `autocast_ok`) no CPU autocast
+    region (`--precision bf16`: autocast's bf16 ops run, not the float32 kernels)."""
+    return (x.device.type == "cpu" and not torch.is_grad_enabled() and not graph_capture()
+            and (autocast_ok or not torch.is_autocast_enabled("cpu")))
+
+
+def _cpu_autocast_bf16() -> bool:
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 def kernel(op: str, x: torch.Tensor, module: nn.Module | None = None, *, p: float = 0.0, training: bool = False,
@@ -65,6 +69,9 @@ def kernel(op: str, x: torch.Tensor, module: nn.Module | None = None, *, p: floa
                               (below); the model's Linear layers plain float32 ones with a bias (not
                               int8 or half: asked of the encoder, which checks again only after a
                               parameter changed)
+                 "native-bf16" the same inside a CPU autocast region of bfloat16 (`--precision bf16`),
+                              where the CPU has AVX512_BF16 (the encoder's `bf16_supported`): its
+                              matrix multiplies in bf16 with float32 sums, the rest in float32
                  "eager"      otherwise: BertModel's layer-by-layer path, which meets the rows below
     "linear"     "onednn"     `module` an nn.Linear with a float32 weight and a bias; `x` float32 with
                               more rows than the module's `packed_rows`; the module's `fuse`; inference;
@@ -79,7 +86,8 @@ def kernel(op: str, x: torch.Tensor, module: nn.Module | None = None, *, p: floa
     "dropout"    "byte_mask"  `training`, 0 < `p` < 1, `x` float32 on the CPU (dropout.py)
                  "torch"      otherwise: PyTorch's dropout
 
-    inference: `x` on the CPU, gradients off, no CPU autocast region, no tracing, scripting or compiling.
+    inference: `x` on the CPU, gradients off, no CPU autocast region (but for "native-bf16"), no tracing,
+    scripting or compiling.
     `packed_rows` and `fuse` are a PackedLinear's own settings (its constructor's arguments, which
     `optimize_for_cpu` passes on); a plain nn.Linear has none packed and fuses.
     """
@@ -98,7 +106,12 @@ def kernel(op: str, x: torch.Tensor, module: nn.Module | None = None, *, p: floa
     if op == "encoder":
         bert = module.bert
         if (bert.training or x.dim() != 2 or not lengths or min(lengths) < 1 or sum(lengths) > module.max_tokens
-                or x.shape[1] > bert.config.max_position_embeddings or not _inference(x)):
+                or x.shape[1] > bert.config.max_position_embeddings or not _inference(x, autocast_ok=True)):
             return "eager"
-        return "native" if module.current_weights() is not None else "eager"
+        choice = "native"
+        if torch.is_autocast_enabled("cpu"):
+            if not (_cpu_autocast_bf16() and module.bf16_supported):
+                return "eager"
+            choice = "native-bf16"
+        return choice if module.current_weights() is not None else "eager"
     raise ValueError(f"no kernel choice for {op!r}")

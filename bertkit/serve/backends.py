@@ -144,9 +144,6 @@ class TorchBackend(Backend):
 
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        if quantize and (self.device.type != "cpu" or self.precision != "fp32"):
-            raise BertkitError(f"--quantize {quantize} runs PyTorch's int8 CPU kernels: use it with --device cpu "
-                               "--precision fp32")
         self.concurrent_forwards = self.device.type == "cpu"  # one GPU: one batch at a time
         model = load(directory)
         if model.tokenizer is None:
@@ -155,20 +152,11 @@ class TorchBackend(Backend):
         head = "encoder" if head == "pretraining" else head
         if model.load_report.get("missing") and head != "encoder":
             raise BertkitError(f"{directory}: the {head} head's weights are missing ({model.load_report['missing'][0]})")
-        if quantize == "int8":
-            from ..cpu.int8 import quantize_int8
+        from ..cpu.optimize import for_inference, inference_path
 
-            model = quantize_int8(model)  # bertkit's int8 recipe (cpu/int8.py); the unpadded forward stays
-        elif self.device.type == "cpu" and self.precision == "fp32":
-            from ..cpu import optimize_for_cpu
-
-            # the small batches of light load: this CPU's fastest GEMMs (on Intel MKL-packed weights,
-            # and one sentence or an unpadded group runs the encoder as one call into compiled
-            # kernels instead of ~100 Python-level calls; elsewhere oneDNN's GEMMs)
-            optimize_for_cpu(model)
-        else:
-            # a GPU, or bf16 autocast on the CPU: the plain model (the CPU paths above are fp32 kernels)
-            model.to(self.device)
+        model = for_inference(model, self.device, self.precision, quantize)
+        # the startup log's line: which CPU path runs and why (None on a GPU)
+        self.path = inference_path(model.config, self.precision, quantize) if self.device.type == "cpu" else None
         self.quantize = quantize
         self.model = model
         self.hidden_size = model.config.hidden_size
@@ -301,4 +289,7 @@ def load_backend(model: str, backend: str | None = None, threads: int | None = N
             raise
         backend.scratch_dir = out  # removed when the server stops
         return backend
-    return TorchBackend(directory, quantize=quantize, device=device, precision=precision)
+    backend = TorchBackend(directory, quantize=quantize, device=device, precision=precision)
+    if backend.path:
+        log(f"inference path: {backend.path}")
+    return backend

@@ -28,6 +28,14 @@
 #include <limits>
 #include <vector>
 
+#if defined(__AVX512F__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define BF16_KERNELS 1  // compiled for this ISA whatever the build's own flags; run only where the CPU has it
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#else
+#define BF16_KERNELS 0
+#endif
+
 namespace {
 
 using at::Tensor;
@@ -249,7 +257,23 @@ Tensor pack_linear(const Tensor& weight, const Tensor& bias) {
   return out;
 }
 
-// rows x one panel: c[r, 0 .. NR) (or the first W columns when !both) for MR rows of a
+// y (M, N): work items of (group of row blocks, panel), with blocks of at most ROW_BLOCK rows, as even
+// as possible (25 rows: 9 + 8 + 8); several groups only where the panels alone would leave threads idle.
+// block(first row, rows, panel) computes one block.
+template <typename Block>
+void for_blocks(int64_t M, int64_t P, const Block& block) {
+  const int64_t blocks = (M + ROW_BLOCK - 1) / ROW_BLOCK;
+  const int64_t groups = std::min(blocks, std::max<int64_t>(1, (2 * at::get_num_threads() + P - 1) / P));
+  at::parallel_for(0, groups * P, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t g = item / P, p = item % P;
+      for (int64_t i = g * blocks / groups; i < (g + 1) * blocks / groups; ++i)
+        block(i * M / blocks, static_cast<int>((i + 1) * M / blocks - i * M / blocks), p);
+    }
+  });
+}
+
+// MR rows x one panel: c[r, 0 .. NR) (only the first W columns when !both)
 template <int MR>
 void gemm_block(const float* a, int64_t K, const float* panel, float* c, int64_t ldc, bool both, int epilogue) {
   vec acc0[MR], acc1[MR];
@@ -285,22 +309,110 @@ Tensor linear(const Tensor& x, const Tensor& packed, int64_t N, int epilogue) {
   if (M == 0) return y;
   const float *a = x.data_ptr<float>(), *b = packed.data_ptr<float>();
   float* c = y.data_ptr<float>();
-  // register blocks of at most ROW_BLOCK rows, as even as possible (25 rows: 9 + 8 + 8)
-  const int64_t blocks = (M + ROW_BLOCK - 1) / ROW_BLOCK;
-  // work items: (group of row blocks, panel); several groups only where the panels alone leave threads idle
-  const int64_t groups = std::min(blocks, std::max<int64_t>(1, (2 * at::get_num_threads() + P - 1) / P));
-  at::parallel_for(0, groups * P, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t g = item / P, p = item % P;
-      const bool both = (p + 1) * NR <= N;
-      for (int64_t i = g * blocks / groups; i < (g + 1) * blocks / groups; ++i) {
-        const int64_t r0 = i * M / blocks, r1 = (i + 1) * M / blocks;
-        gemm_rows<ROW_BLOCK>(static_cast<int>(r1 - r0), a + r0 * K, K, b + p * (1 + K) * NR, c + r0 * N + p * NR, N, both, epilogue);
-      }
-    }
+  for_blocks(M, P, [&](int64_t r0, int rows, int64_t p) {
+    gemm_rows<ROW_BLOCK>(rows, a + r0 * K, K, b + p * (1 + K) * NR, c + r0 * N + p * NR, N, (p + 1) * NR <= N, epilogue);
   });
   return y;
 }
+
+// ---- the same in bf16 (AVX512_BF16's dot product of pairs, float32 sums): `--precision bf16` ----
+// Inputs and weights are rounded to bf16 (to nearest even) as autocast rounds them; the sums, bias,
+// activation and everything outside the matrix multiplies stay float32.
+
+bool bf16_supported() {
+#if BF16_KERNELS
+  return __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+// weight (N, K), K even, N a multiple of W -> (ceil(N / NR), K / 2, NR, 2) bf16: panel p, pair kk,
+// column j holds W[n0 + j, 2 kk] and W[n0 + j, 2 kk + 1] side by side, as the dot-product instruction
+// reads them; and the bias as float32 (ceil(N / NR) * NR), zero past N.
+std::tuple<Tensor, Tensor> pack_linear_bf16(const Tensor& weight, const Tensor& bias) {
+  TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kFloat && weight.size(0) % W == 0 &&
+              weight.size(1) % 2 == 0 && bias.numel() == weight.size(0),
+              "pack_linear_bf16: float32 (N, K) weight with N a multiple of ", W, " and K even, and (N,) bias");
+  const Tensor w = weight.to(at::kBFloat16).contiguous();
+  const int64_t N = w.size(0), K = w.size(1), P = (N + NR - 1) / NR;
+  Tensor out = at::zeros({P, K / 2, NR, 2}, w.options());
+  Tensor padded_bias = at::zeros({P * NR}, bias.options());
+  padded_bias.narrow(0, 0, N).copy_(bias);
+  const at::BFloat16* s = w.data_ptr<at::BFloat16>();
+  at::BFloat16* d = out.data_ptr<at::BFloat16>();
+  at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p)
+      for (int64_t j = 0; j < std::min(NR, N - p * NR); ++j)
+        for (int64_t k = 0; k < K; ++k) d[((p * (K / 2) + k / 2) * NR + j) * 2 + k % 2] = s[(p * NR + j) * K + k];
+  });
+  return {out, padded_bias};
+}
+
+#if BF16_KERNELS
+template <int MR>
+BF16_TARGET void gemm_block_bf16(const uint16_t* a, int64_t K, const uint16_t* panel, const float* bias, float* c,
+                                 int64_t ldc, bool both, int epilogue) {
+  __m512 acc0[MR], acc1[MR];
+  const __m512 b0 = _mm512_loadu_ps(bias), b1 = _mm512_loadu_ps(bias + W);
+  for (int r = 0; r < MR; ++r) acc0[r] = b0, acc1[r] = b1;
+  for (int64_t kk = 0; kk < K / 2; ++kk) {
+    const __m512bh x0 = (__m512bh)_mm512_loadu_si512(panel + kk * 2 * NR);
+    const __m512bh x1 = (__m512bh)_mm512_loadu_si512(panel + kk * 2 * NR + 2 * W);
+    for (int r = 0; r < MR; ++r) {
+      int32_t pair;  // a[r, 2 kk] and a[r, 2 kk + 1]
+      std::memcpy(&pair, a + r * K + 2 * kk, sizeof pair);
+      const __m512bh s = (__m512bh)_mm512_set1_epi32(pair);
+      acc0[r] = _mm512_dpbf16_ps(acc0[r], s, x0);
+      acc1[r] = _mm512_dpbf16_ps(acc1[r], s, x1);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    store(c + r * ldc, finish((vec)acc0[r], epilogue));
+    if (both) store(c + r * ldc + W, finish((vec)acc1[r], epilogue));
+  }
+}
+
+template <int MR>
+BF16_TARGET void gemm_rows_bf16(int rows, const uint16_t* a, int64_t K, const uint16_t* panel, const float* bias, float* c,
+                                int64_t ldc, bool both, int epilogue) {
+  if constexpr (MR > 1) {
+    if (rows < MR) return gemm_rows_bf16<MR - 1>(rows, a, K, panel, bias, c, ldc, both, epilogue);
+  }
+  gemm_block_bf16<MR>(a, K, panel, bias, c, ldc, both, epilogue);
+}
+#endif
+
+// x (M, K) contiguous float32; packed, bias from pack_linear_bf16 for a weight with N rows
+Tensor linear_bf16(const Tensor& x, const Tensor& packed, const Tensor& bias, int64_t N, int epilogue) {
+#if BF16_KERNELS
+  const int64_t M = x.size(0), K = x.size(1), P = packed.size(0);
+  Tensor y = at::empty({M, N}, x.options());
+  if (M == 0) return y;
+  const Tensor xb = x.to(at::kBFloat16);
+  const auto* a = reinterpret_cast<const uint16_t*>(xb.data_ptr<at::BFloat16>());
+  const auto* b = reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>());
+  const float* bp = bias.data_ptr<float>();
+  float* c = y.data_ptr<float>();
+  for_blocks(M, P, [&](int64_t r0, int rows, int64_t p) {
+    gemm_rows_bf16<ROW_BLOCK>(rows, a + r0 * K, K, b + p * K * NR, bp + p * NR, c + r0 * N + p * NR, N, (p + 1) * NR <= N, epilogue);
+  });
+  return y;
+#else
+  TORCH_CHECK(false, "bf16 kernels are not compiled in this build");
+#endif
+}
+
+// The model's Linear layers as the kernels hold them: float32 panels (bias inside), or bf16 panels and
+// their biases (`biases` empty for float32).
+struct Linears {
+  const std::vector<Tensor>& packed;
+  const std::vector<Tensor>& biases;
+  const std::vector<int64_t>& widths;
+  Tensor operator()(const Tensor& x, size_t i, int epilogue) const {
+    return biases.empty() ? linear(x, packed[i], widths[i], epilogue) : linear_bf16(x, packed[i], biases[i], widths[i], epilogue);
+  }
+};
 
 Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& rows) {
   return x.index_select(0, at::tensor(rows, at::TensorOptions().dtype(at::kLong)));
@@ -312,11 +424,13 @@ Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& rows) {
 // holds len[b] real tokens first (1 <= len[b] <= T). With cls_only the first output is the final [CLS]
 // rows (B, H), and the last layer's work after attention runs for them alone.
 // ids, segs: contiguous int64 (B, T), T <= max positions; tensors as encoder.py's _EncoderWeights holds
-// them: `packed` from pack_linear (4 per layer, then the pooler's), `widths` their output widths.
+// them: `packed` from pack_linear (4 per layer, then the pooler's) with `biases` empty, or from
+// pack_linear_bf16 with its biases; `widths` their output widths.
 std::tuple<Tensor, Tensor> encode(const Tensor& ids, const Tensor& segs, const std::vector<int64_t>& len, bool cls_only,
                                   const Tensor& word, const Tensor& segment, const Tensor& position,
                                   const Tensor& emb_w, const Tensor& emb_b, const std::vector<Tensor>& packed,
-                                  const std::vector<int64_t>& widths, const std::vector<Tensor>& norms,
+                                  const std::vector<Tensor>& biases, const std::vector<int64_t>& widths,
+                                  const std::vector<Tensor>& norms,
                                   int64_t heads, int64_t hd, double eps_d, int64_t activation, bool has_pooler) {
   TORCH_CHECK(hd % HEAD_STEP == 0 && hd <= 8 * HEAD_STEP, "head size ", hd, " is not a multiple of 16 up to 128");
   TORCH_CHECK(ids.dim() == 2 && ids.is_contiguous() && segs.sizes() == ids.sizes() && segs.is_contiguous() &&
@@ -349,20 +463,22 @@ std::tuple<Tensor, Tensor> encode(const Tensor& ids, const Tensor& segs, const s
       }
     add_layer_norm(xp, nullptr, emb_w.data_ptr<float>(), emb_b.data_ptr<float>(), n, H, eps);
   }
+  TORCH_CHECK(biases.empty() || bf16_supported(), "this CPU has no AVX512_BF16 instructions");
+  const Linears linear{packed, biases, widths};
   const int ffn_epilogue = activation == 0 ? GELU_ERF : activation == 2 ? RELU : NONE;
   for (int64_t l = 0; l < layers; ++l) {
     const int64_t i = 4 * l;
-    Tensor a = attention(linear(x, packed[i], widths[i], NONE), start, len, heads, hd);
+    Tensor a = attention(linear(x, i, NONE), start, len, heads, hd);
     if (cls_only && l == layers - 1) {
       a = gather_rows(a, start);
       x = gather_rows(x, start);
     }
-    Tensor y = linear(a, packed[i + 1], widths[i + 1], NONE);
+    Tensor y = linear(a, i + 1, NONE);
     add_layer_norm(y.data_ptr<float>(), x.data_ptr<float>(), norms[i].data_ptr<float>(), norms[i + 1].data_ptr<float>(), y.size(0), H, eps);
     x = y;
-    Tensor f = linear(x, packed[i + 2], widths[i + 2], ffn_epilogue);
+    Tensor f = linear(x, i + 2, ffn_epilogue);
     if (activation == 1) at::gelu_(f, "tanh");
-    y = linear(f, packed[i + 3], widths[i + 3], NONE);
+    y = linear(f, i + 3, NONE);
     add_layer_norm(y.data_ptr<float>(), x.data_ptr<float>(), norms[i + 2].data_ptr<float>(), norms[i + 3].data_ptr<float>(), y.size(0), H, eps);
     x = y;
   }
@@ -375,7 +491,7 @@ std::tuple<Tensor, Tensor> encode(const Tensor& ids, const Tensor& segs, const s
     for (int64_t b = 0; b < B; ++b) seq[b].narrow(0, 0, len[b]).copy_(x.narrow(0, start[b], len[b]));
   }
   if (!has_pooler) return {seq, at::empty({0, H}, x.options())};
-  Tensor pooled = linear(cls_only ? x : gather_rows(x, start), packed[4 * layers], widths[4 * layers], NONE);
+  Tensor pooled = linear(cls_only ? x : gather_rows(x, start), 4 * layers, NONE);
   return {seq, pooled.tanh_()};
 }
 
@@ -383,4 +499,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // no Python object is touched inside: other threads (the server's event loop) run meanwhile
   m.def("encode", &encode, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("pack_linear", &pack_linear, pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("pack_linear_bf16", &pack_linear_bf16, pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("bf16_supported", &bf16_supported);
 }

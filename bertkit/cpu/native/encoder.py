@@ -44,7 +44,7 @@ from ..weight_cache import ParametersWatch
 
 # Real tokens per call above which the layer-by-layer path runs instead (benchmarks/native_token_limit.py
 # measures where each is faster); it bounds the kernels' working memory, as the batcher bounds a batch.
-MAX_TOKENS = 16384
+MAX_TOKENS = 4096
 
 _SOURCE = Path(__file__).with_name("encoder.cpp")
 _HEAD_STEP = 16  # the kernels take head sizes in multiples of 16 up to 128 (and widths in multiples of 16)
@@ -77,13 +77,31 @@ def load_kernels():
         return _loaded[0]
 
 
+def kernels_state(build: bool = True) -> Tuple[Optional[bool], str]:
+    """(True, "") where the kernels are loaded, (False, why) where they cannot be; with `build=False`,
+    (None, "") where they have not been compiled on this machine yet (nothing is compiled to find out)."""
+    if _loaded is None and not build:
+        if os.environ.get("BERTKIT_NATIVE", "1") == "0":
+            return False, "BERTKIT_NATIVE=0"
+        name, build_dir = _build_place()
+        if not (build_dir / f"{name}.so").exists():
+            return None, ""
+    module = load_kernels()
+    return (True, "") if module is not None else (False, _loaded[1])
+
+
+def _build_place() -> Tuple[str, Path]:
+    """(module name, build directory) of the kernels for this CPU's instruction set and this PyTorch."""
+    name = f"bertkit_encoder_{torch.backends.cpu.get_cpu_capability().lower()}"
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    return name, root / f"{name}_torch{torch.__version__.split('+')[0]}"
+
+
 def _build() -> Tuple[object, str]:
     if os.environ.get("BERTKIT_NATIVE", "1") == "0":
         return None, "BERTKIT_NATIVE=0"
     capability = torch.backends.cpu.get_cpu_capability()
-    name = f"bertkit_encoder_{capability.lower()}"
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
-    build_dir = root / f"{name}_torch{torch.__version__.split('+')[0]}"
+    name, build_dir = _build_place()
     try:
         from torch.utils import cpp_extension
 
@@ -124,15 +142,25 @@ class _EncoderWeights:
         self.has_pooler = bert.pooler is not None
         if self.has_pooler:
             linears.append((bert.pooler.weight.detach(), bert.pooler.bias.detach()))
-        kernels = load_kernels()
-        self.packed = [kernels.pack_linear(w, b) for w, b in linears]
-        self.widths = [w.shape[0] for w, _ in linears]
-        self.norms = norms
+        self.linears, self.widths, self.norms = linears, [w.shape[0] for w, _ in linears], norms
+        self._packed: dict = {}  # precision -> (panels, biases): made on the first call in that precision
 
-    def encode(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, lengths: List[int], cls_only: bool):
+    def packed(self, precision: str):
+        """The Linear layers packed for the kernels in `precision` ("fp32" or "bf16"), made once."""
+        if precision not in self._packed:
+            kernels = load_kernels()
+            if precision == "bf16":
+                self._packed[precision] = tuple(map(list, zip(*(kernels.pack_linear_bf16(w, b) for w, b in self.linears))))
+            else:
+                self._packed[precision] = [kernels.pack_linear(w, b) for w, b in self.linears], []
+        return self._packed[precision]
+
+    def encode(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, lengths: List[int], cls_only: bool,
+               precision: str = "fp32"):
+        panels, biases = self.packed(precision)
         return load_kernels().encode(
             input_ids.long().contiguous(), segment_ids.long().contiguous(), lengths, cls_only, self.word,
-            self.segment, self.position, self.emb_norm_w, self.emb_norm_b, self.packed, self.widths, self.norms,
+            self.segment, self.position, self.emb_norm_w, self.emb_norm_b, panels, biases, self.widths, self.norms,
             self.heads, self.head_dim, self.eps, self.activation, self.has_pooler)
 
 
@@ -152,10 +180,11 @@ class NativeEncoder:
         (final [CLS] hidden states (B, H), pooled output), for BertModel.pooled_output: the last
         layer's per-token work after attention runs for those rows alone."""
         lengths = real_lengths(input_ids, valid_lengths, attention_mask)
-        if kernel("encoder", input_ids, self, lengths=lengths) != "native":
+        choice = kernel("encoder", input_ids, self, lengths=lengths)
+        if choice == "eager":
             return None
         segment_ids = torch.zeros_like(input_ids) if segment_ids is None else segment_ids
-        seq, pooled = self._weights.encode(input_ids, segment_ids, lengths, cls_only)
+        seq, pooled = self._weights.encode(input_ids, segment_ids, lengths, cls_only, "bf16" if choice == "native-bf16" else "fp32")
         return seq, (pooled if self.bert.pooler is not None else None)
 
     def current_weights(self) -> Optional[_EncoderWeights]:
@@ -166,6 +195,11 @@ class NativeEncoder:
             self._weights = _EncoderWeights(self.bert) if _plain_float_layers(self.bert) else None
             self._built_from = key
         return self._weights
+
+    @property
+    def bf16_supported(self) -> bool:
+        """Whether the kernels run bf16 matrix multiplies here (the CPU has AVX512_BF16)."""
+        return bool(load_kernels().bf16_supported())
 
     @property
     def ready(self) -> bool:
