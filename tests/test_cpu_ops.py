@@ -92,7 +92,7 @@ def test_layer_path_takes_mkl_only_on_intel(vendor, monkeypatch):
 def test_the_path_for_each_shape_and_precision_is_the_documented_one(vendor, monkeypatch):
     """docs/benchmarks.md and `bertkit info`: on the CPU, fp32 and bf16 (with AVX512_BF16) run the compiled
     encoder for batch 1 and padded batches of 32 up to MAX_TOKENS real tokens, the layer path above it;
-    int8 runs its own layers. The same on both vendors."""
+    int8 (with AVX512_VNNI) the same with its int8 kernels. The same on both vendors."""
     if load_kernels() is None:
         pytest.skip("the compiled encoder does not build here")
     monkeypatch.setattr(dispatch, "cpu_vendor", lambda: vendor)
@@ -114,9 +114,13 @@ def test_the_path_for_each_shape_and_precision_is_the_documented_one(vendor, mon
     assert "compiled encoder" in inference_path(cfg, "fp32")
     assert ("AVX512_BF16 GEMMs" in inference_path(cfg, "bf16")) == load_kernels().bf16_supported()
     int8 = for_inference(model, torch.device("cpu"), "fp32", "int8")
+    vnni = load_kernels().int8_supported()
     with torch.inference_mode():
-        assert kernel("encoder", one, int8.cpu_encoder, lengths=[25]) == "eager"  # int8 layers: their own path
-    assert inference_path(cfg, "fp32", "int8").startswith("int8: per-channel int8 weights")
+        assert kernel("encoder", one, int8.cpu_encoder, lengths=[25]) == ("native-int8" if vnni else "eager")
+        assert kernel("encoder", big, int8.cpu_encoder, lengths=[512] * 16) == "eager"
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert kernel("encoder", one, int8.cpu_encoder, lengths=[25]) == "eager"  # int8 layers are not bf16
+    assert inference_path(cfg, "fp32", "int8").startswith("int8: compiled encoder" if vnni else "int8: layer-by-layer")
 
 
 def test_parameters_watch_sees_every_kind_of_change():

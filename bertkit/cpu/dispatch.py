@@ -66,12 +66,13 @@ def kernel(op: str, x: torch.Tensor, module: nn.Module | None = None, *, p: floa
                               mode; `x`: input ids (B, T), T <= the model's positions; `lengths`: the
                               real tokens of each row, all first in their row (None where a mask has a
                               gap), each >= 1, at most the encoder's `max_tokens` in all; inference
-                              (below); the model's Linear layers plain float32 ones with a bias (not
-                              int8 or half: asked of the encoder, which checks again only after a
-                              parameter changed)
+                              (below); the model's Linear layers plain float32 ones with a bias
+                              (asked of the encoder, which looks again only after a parameter changed)
                  "native-bf16" the same inside a CPU autocast region of bfloat16 (`--precision bf16`),
                               where the CPU has AVX512_BF16 (the encoder's `bf16_supported`): its
                               matrix multiplies in bf16 with float32 sums, the rest in float32
+                 "native-int8" the "native" conditions with the block Linear layers bertkit's Int8Linear
+                              (`--quantize int8`), where the CPU has AVX512_VNNI (`int8_supported`)
                  "eager"      otherwise: BertModel's layer-by-layer path, which meets the rows below
     "linear"     "onednn"     `module` an nn.Linear with a float32 weight and a bias; `x` float32 with
                               more rows than the module's `packed_rows`; the module's `fuse`; inference;
@@ -108,10 +109,12 @@ def kernel(op: str, x: torch.Tensor, module: nn.Module | None = None, *, p: floa
         if (bert.training or x.dim() != 2 or not lengths or min(lengths) < 1 or sum(lengths) > module.max_tokens
                 or x.shape[1] > bert.config.max_position_embeddings or not _inference(x, autocast_ok=True)):
             return "eager"
-        choice = "native"
+        weights = module.current_weights()
+        if weights is None:
+            return "eager"
         if torch.is_autocast_enabled("cpu"):
-            if not (_cpu_autocast_bf16() and module.bf16_supported):
-                return "eager"
-            choice = "native-bf16"
-        return choice if module.current_weights() is not None else "eager"
+            return "native-bf16" if _cpu_autocast_bf16() and weights.kind == "fp32" and module.bf16_supported else "eager"
+        if weights.kind == "int8":
+            return "native-int8" if module.int8_supported else "eager"
+        return "native"
     raise ValueError(f"no kernel choice for {op!r}")

@@ -50,7 +50,7 @@ def for_inference(model: nn.Module, device: torch.device, precision: str = "fp32
                                f"not on {device} in {precision}")
         from .int8 import quantize_int8
 
-        return quantize_int8(model.cpu())
+        return optimize_for_cpu(quantize_int8(model.cpu()))
     if device.type == "cpu":
         return optimize_for_cpu(model.cpu())
     return model.to(device)
@@ -62,21 +62,22 @@ def inference_path(config, precision: str = "fp32", quantize: str | None = None,
     find out (`bertkit info`)."""
     cpu = f"{cpu_vendor() or 'unknown vendor'}, {'AVX-512' if 'avx512f' in cpu_flags() else 'no AVX-512'}"
     if quantize == "int8":
-        vnni = "VNNI" if {"avx512_vnni", "avx_vnni"} & cpu_flags() else "no VNNI: slow"
-        return (f"int8: per-channel int8 weights, per-token int8 activations (bertkit/cpu/int8.py; oneDNN's int8 GEMM, "
-                f"{vnni}); layer-by-layer path ({cpu})")
-    layer_path = f"layer-by-layer path ({'MKL packed GEMM up to 256 rows, ' if mkl_gemm_preferred() else ''}oneDNN GEMMs)"
-    if precision == "bf16":
+        name, gemm, flag = "int8", "AVX512_VNNI int8 GEMMs (bertkit/cpu/int8.py's recipe: int8 weights per channel, int8 activations per token)", "avx512_vnni"
+        layer_path = "layer-by-layer path with Int8Linear (oneDNN's int8 GEMM)"
+    elif precision == "bf16":
+        name, gemm, flag = "bf16", "AVX512_BF16 GEMMs (bf16 products, float32 sums)", "avx512_bf16"
         layer_path = "autocast's bf16 layer-by-layer path"
-    built, why = kernels_state(build)
+    else:
+        name, gemm, flag = precision, "its own float32 GEMMs", "avx512f"
+        layer_path = f"layer-by-layer path ({'MKL packed GEMM up to 256 rows, ' if mkl_gemm_preferred() else ''}oneDNN GEMMs)"
     if not kernels_apply(config):
-        return f"{precision}: {layer_path}: the compiled encoder takes head sizes of multiples of 16 up to 128 ({cpu})"
+        return f"{name}: {layer_path}: the compiled encoder takes head sizes of multiples of 16 up to 128 ({cpu})"
+    built, why = kernels_state(build)
     if built is False:
-        return f"{precision}: {layer_path}: compiled encoder unavailable ({why}) ({cpu})"
-    if precision == "bf16" and "avx512_bf16" not in cpu_flags():
-        return f"bf16: {layer_path}: the compiled encoder's bf16 GEMMs need AVX512_BF16 ({cpu})"
-    gemm = "AVX512_BF16 GEMMs (bf16 products, float32 sums)" if precision == "bf16" else "its own float32 GEMMs"
+        return f"{name}: {layer_path}: compiled encoder unavailable ({why}) ({cpu})"
+    if flag not in cpu_flags():
+        return f"{name}: {layer_path}: the compiled encoder's {name} GEMMs need {flag.upper()} ({cpu})"
     note = "" if built else "; compiled on first use, once"
-    return (f"{precision}: compiled encoder (bertkit/cpu/native) with {gemm}, padding skipped, up to {MAX_TOKENS} real "
+    return (f"{name}: compiled encoder (bertkit/cpu/native) with {gemm}, padding skipped, up to {MAX_TOKENS} real "
             f"tokens per call; {layer_path} above: measured fastest on AMD EPYC Zen 4 at batch 1 and 32 "
             f"(docs/benchmarks.md){note} ({cpu})")

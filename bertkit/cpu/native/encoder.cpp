@@ -30,10 +30,11 @@
 
 #if defined(__AVX512F__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#define BF16_KERNELS 1  // compiled for this ISA whatever the build's own flags; run only where the CPU has it
+#define AVX512_KERNELS 1  // bf16 and int8 kernels: compiled for their ISA extensions, run only where the CPU has them
 #define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 #else
-#define BF16_KERNELS 0
+#define AVX512_KERNELS 0
 #endif
 
 namespace {
@@ -320,7 +321,7 @@ Tensor linear(const Tensor& x, const Tensor& packed, int64_t N, int epilogue) {
 // activation and everything outside the matrix multiplies stay float32.
 
 bool bf16_supported() {
-#if BF16_KERNELS
+#if AVX512_KERNELS
   return __builtin_cpu_supports("avx512bf16");
 #else
   return false;
@@ -349,7 +350,7 @@ std::tuple<Tensor, Tensor> pack_linear_bf16(const Tensor& weight, const Tensor& 
   return {out, padded_bias};
 }
 
-#if BF16_KERNELS
+#if AVX512_KERNELS
 template <int MR>
 BF16_TARGET void gemm_block_bf16(const uint16_t* a, int64_t K, const uint16_t* panel, const float* bias, float* c,
                                  int64_t ldc, bool both, int epilogue) {
@@ -385,7 +386,7 @@ BF16_TARGET void gemm_rows_bf16(int rows, const uint16_t* a, int64_t K, const ui
 
 // x (M, K) contiguous float32; packed, bias from pack_linear_bf16 for a weight with N rows
 Tensor linear_bf16(const Tensor& x, const Tensor& packed, const Tensor& bias, int64_t N, int epilogue) {
-#if BF16_KERNELS
+#if AVX512_KERNELS
   const int64_t M = x.size(0), K = x.size(1), P = packed.size(0);
   Tensor y = at::empty({M, N}, x.options());
   if (M == 0) return y;
@@ -403,14 +404,146 @@ Tensor linear_bf16(const Tensor& x, const Tensor& packed, const Tensor& bias, in
 #endif
 }
 
-// The model's Linear layers as the kernels hold them: float32 panels (bias inside), or bf16 panels and
-// their biases (`biases` empty for float32).
+// ---- the same in int8 (VNNI's u8 x s8 dot product of quads, int32 sums): `--quantize int8` ----
+// bertkit/cpu/int8.py's recipe, on the same numbers: weights int8 per output channel (as its
+// Int8Linear holds them), activations int8 per row (step max |x| / 127, rounded to nearest even), exact
+// int32 sums, then float32: * the row's max |x| * the channel's weight step / 127, + the bias. The
+// instruction multiplies unsigned by signed bytes, so a row goes in as q + 128 and 128 * (the
+// channel's weight sum) is taken off the sums.
+
+bool int8_supported() {
+#if AVX512_KERNELS
+  return __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+
+// weight_int8 (K, N) (Int8Linear's transposed weight), K a multiple of 4, N of W; output_scale, bias (N,)
+// -> panels (ceil(N / NR), K / 4, NR, 4) int8 (panel p, quad kq, column j: W[n0 + j, 4 kq .. 4 kq + 4)),
+// float32 (2, ceil(N / NR) * NR) (the bias, the output scale) and int32 (ceil(N / NR) * NR): 128 * the
+// channel's weight sum; zero past N.
+std::tuple<Tensor, Tensor, Tensor> pack_linear_int8(const Tensor& weight_t, const Tensor& output_scale, const Tensor& bias) {
+  TORCH_CHECK(weight_t.dim() == 2 && weight_t.scalar_type() == at::kChar && weight_t.size(0) % 4 == 0 &&
+              weight_t.size(1) % W == 0 && output_scale.numel() == weight_t.size(1) && bias.numel() == weight_t.size(1),
+              "pack_linear_int8: int8 (K, N) weight with K a multiple of 4 and N of ", W, ", and (N,) scales and bias");
+  const Tensor w = weight_t.contiguous();
+  const int64_t K = w.size(0), N = w.size(1), P = (N + NR - 1) / NR;
+  Tensor out = at::zeros({P, K / 4, NR, 4}, w.options());
+  Tensor factors = at::zeros({2, P * NR}, output_scale.options().dtype(at::kFloat));
+  factors[0].narrow(0, 0, N).copy_(bias);
+  factors[1].narrow(0, 0, N).copy_(output_scale);
+  Tensor sums = at::zeros({P * NR}, w.options().dtype(at::kInt));
+  const int8_t* s = w.data_ptr<int8_t>();
+  int8_t* d = out.data_ptr<int8_t>();
+  int32_t* sp = sums.data_ptr<int32_t>();
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t p = n / NR, j = n % NR;
+    int32_t sum = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      d[((p * (K / 4) + k / 4) * NR + j) * 4 + k % 4] = s[k * N + n];
+      sum += s[k * N + n];
+    }
+    sp[n] = 128 * sum;
+  }
+  return {out, factors, sums};
+}
+
+#if AVX512_KERNELS
+// rows of x (M, K) -> q + 128 as bytes (M, K), and each row's max |x| (at least 1e-12), as Int8Linear
+VNNI_TARGET void quantize_rows(const float* x, int64_t M, int64_t K, uint8_t* q, float* row_max) {
+  at::parallel_for(0, M, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* row = x + r * K;
+      __m512 m = _mm512_setzero_ps();
+      for (int64_t k = 0; k < K; k += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(row + k)));
+      const float mx = std::max(_mm512_reduce_max_ps(m), 1e-12f);
+      row_max[r] = mx;
+      const __m512 inv = _mm512_set1_ps(127.0f / mx);
+      const __m512i bias = _mm512_set1_epi32(128);
+      for (int64_t k = 0; k < K; k += 16) {  // x * (127 / max) rounded to nearest even (MXCSR's default), + 128
+        const __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(row + k), inv)), bias);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + r * K + k), _mm512_cvtepi32_epi8(v));
+      }
+    }
+  });
+}
+
+template <int MR>
+VNNI_TARGET void gemm_block_int8(const uint8_t* a, int64_t K, const int8_t* panel, const float* factors, int64_t stride,
+                                 const int32_t* sums, const float* row_max, float* c, int64_t ldc, bool both, int epilogue) {
+  __m512i acc0[MR], acc1[MR];
+  for (int r = 0; r < MR; ++r) acc0[r] = acc1[r] = _mm512_setzero_si512();
+  for (int64_t kq = 0; kq < K / 4; ++kq) {
+    const __m512i x0 = _mm512_loadu_si512(panel + kq * 4 * NR), x1 = _mm512_loadu_si512(panel + kq * 4 * NR + 4 * W);
+    for (int r = 0; r < MR; ++r) {
+      int32_t quad;  // a[r, 4 kq .. 4 kq + 4)
+      std::memcpy(&quad, a + r * K + 4 * kq, sizeof quad);
+      const __m512i s = _mm512_set1_epi32(quad);
+      acc0[r] = _mm512_dpbusd_epi32(acc0[r], s, x0);
+      acc1[r] = _mm512_dpbusd_epi32(acc1[r], s, x1);
+    }
+  }
+  const __m512 bias0 = _mm512_loadu_ps(factors), bias1 = _mm512_loadu_ps(factors + W);
+  const __m512 scale0 = _mm512_loadu_ps(factors + stride), scale1 = _mm512_loadu_ps(factors + stride + W);
+  const __m512i sum0 = _mm512_loadu_si512(sums), sum1 = _mm512_loadu_si512(sums + W);
+  for (int r = 0; r < MR; ++r) {
+    const __m512 step = _mm512_set1_ps(row_max[r]);
+    const __m512 y0 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc0[r], sum0)), step), scale0);
+    store(c + r * ldc, finish((vec)_mm512_add_ps(y0, bias0), epilogue));
+    if (both) {
+      const __m512 y1 = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc1[r], sum1)), step), scale1);
+      store(c + r * ldc + W, finish((vec)_mm512_add_ps(y1, bias1), epilogue));
+    }
+  }
+}
+
+template <int MR>
+VNNI_TARGET void gemm_rows_int8(int rows, const uint8_t* a, int64_t K, const int8_t* panel, const float* factors, int64_t stride,
+                                const int32_t* sums, const float* row_max, float* c, int64_t ldc, bool both, int epilogue) {
+  if constexpr (MR > 1) {
+    if (rows < MR) return gemm_rows_int8<MR - 1>(rows, a, K, panel, factors, stride, sums, row_max, c, ldc, both, epilogue);
+  }
+  gemm_block_int8<MR>(a, K, panel, factors, stride, sums, row_max, c, ldc, both, epilogue);
+}
+#endif
+
+// x (M, K) contiguous float32; packed, factors, sums from pack_linear_int8 for a weight with N outputs
+Tensor linear_int8(const Tensor& x, const Tensor& packed, const Tensor& factors, const Tensor& sums, int64_t N, int epilogue) {
+#if AVX512_KERNELS
+  const int64_t M = x.size(0), K = x.size(1), P = packed.size(0);
+  Tensor y = at::empty({M, N}, x.options());
+  if (M == 0) return y;
+  std::vector<uint8_t> q(M * K);
+  std::vector<float> row_max(M);
+  quantize_rows(x.data_ptr<float>(), M, K, q.data(), row_max.data());
+  const int8_t* b = packed.data_ptr<int8_t>();
+  const float* f = factors.data_ptr<float>();
+  const int32_t* sp = sums.data_ptr<int32_t>();
+  float* c = y.data_ptr<float>();
+  for_blocks(M, P, [&](int64_t r0, int rows, int64_t p) {
+    gemm_rows_int8<ROW_BLOCK>(rows, q.data() + r0 * K, K, b + p * K * NR, f + p * NR, P * NR, sp + p * NR, row_max.data() + r0,
+                              c + r0 * N + p * NR, N, (p + 1) * NR <= N, epilogue);
+  });
+  return y;
+#else
+  TORCH_CHECK(false, "int8 kernels are not compiled in this build");
+#endif
+}
+
+// The model's Linear layers as the kernels hold them, each a list: {float32 panels (bias inside)},
+// {bf16 panels, bias} or {int8 panels, bias and scales, weight sums}: what pack_linear,
+// pack_linear_bf16 and pack_linear_int8 return.
 struct Linears {
-  const std::vector<Tensor>& packed;
-  const std::vector<Tensor>& biases;
+  const std::vector<std::vector<Tensor>>& parts;
   const std::vector<int64_t>& widths;
   Tensor operator()(const Tensor& x, size_t i, int epilogue) const {
-    return biases.empty() ? linear(x, packed[i], widths[i], epilogue) : linear_bf16(x, packed[i], biases[i], widths[i], epilogue);
+    const std::vector<Tensor>& p = parts[i];
+    switch (p[0].scalar_type()) {
+      case at::kBFloat16: return linear_bf16(x, p[0], p[1], widths[i], epilogue);
+      case at::kChar: return linear_int8(x, p[0], p[1], p[2], widths[i], epilogue);
+      default: return linear(x, p[0], widths[i], epilogue);
+    }
   }
 };
 
@@ -424,13 +557,11 @@ Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& rows) {
 // holds len[b] real tokens first (1 <= len[b] <= T). With cls_only the first output is the final [CLS]
 // rows (B, H), and the last layer's work after attention runs for them alone.
 // ids, segs: contiguous int64 (B, T), T <= max positions; tensors as encoder.py's _EncoderWeights holds
-// them: `packed` from pack_linear (4 per layer, then the pooler's) with `biases` empty, or from
-// pack_linear_bf16 with its biases; `widths` their output widths.
+// them: `linears` (4 per layer, then the pooler's) as Linears above, `widths` their output widths.
 std::tuple<Tensor, Tensor> encode(const Tensor& ids, const Tensor& segs, const std::vector<int64_t>& len, bool cls_only,
                                   const Tensor& word, const Tensor& segment, const Tensor& position,
-                                  const Tensor& emb_w, const Tensor& emb_b, const std::vector<Tensor>& packed,
-                                  const std::vector<Tensor>& biases, const std::vector<int64_t>& widths,
-                                  const std::vector<Tensor>& norms,
+                                  const Tensor& emb_w, const Tensor& emb_b, const std::vector<std::vector<Tensor>>& linears,
+                                  const std::vector<int64_t>& widths, const std::vector<Tensor>& norms,
                                   int64_t heads, int64_t hd, double eps_d, int64_t activation, bool has_pooler) {
   TORCH_CHECK(hd % HEAD_STEP == 0 && hd <= 8 * HEAD_STEP, "head size ", hd, " is not a multiple of 16 up to 128");
   TORCH_CHECK(ids.dim() == 2 && ids.is_contiguous() && segs.sizes() == ids.sizes() && segs.is_contiguous() &&
@@ -463,8 +594,11 @@ std::tuple<Tensor, Tensor> encode(const Tensor& ids, const Tensor& segs, const s
       }
     add_layer_norm(xp, nullptr, emb_w.data_ptr<float>(), emb_b.data_ptr<float>(), n, H, eps);
   }
-  TORCH_CHECK(biases.empty() || bf16_supported(), "this CPU has no AVX512_BF16 instructions");
-  const Linears linear{packed, biases, widths};
+  for (const auto& parts : linears) {
+    TORCH_CHECK(parts[0].scalar_type() != at::kBFloat16 || bf16_supported(), "this CPU has no AVX512_BF16 instructions");
+    TORCH_CHECK(parts[0].scalar_type() != at::kChar || int8_supported(), "this CPU has no AVX512_VNNI instructions");
+  }
+  const Linears linear{linears, widths};
   const int ffn_epilogue = activation == 0 ? GELU_ERF : activation == 2 ? RELU : NONE;
   for (int64_t l = 0; l < layers; ++l) {
     const int64_t i = 4 * l;
@@ -500,5 +634,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("encode", &encode, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("pack_linear", &pack_linear, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("pack_linear_bf16", &pack_linear_bf16, pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("pack_linear_int8", &pack_linear_int8, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("bf16_supported", &bf16_supported);
+  m.def("int8_supported", &int8_supported);
 }

@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from ..dispatch import kernel
+from ..int8 import Int8Linear
 from ..ops import ACTIVATIONS
 from ..weight_cache import ParametersWatch
 
@@ -119,49 +120,66 @@ def _build() -> Tuple[object, str]:
 
 class _EncoderWeights:
     """The model's encoder and pooler tensors (shared, not copied) as the kernels take them, and the
-    derived copies: packed weights, and the Q/K/V weight with its query rows scaled."""
+    derived copies: packed weights, and the Q/K/V weight with its query rows scaled. `kind` is what
+    the block Linear layers are: "fp32" (nn.Linear) or "int8" (bertkit/cpu/int8.py's Int8Linear)."""
 
-    def __init__(self, bert):
+    def __init__(self, bert, kind: str):
         cfg = bert.config
+        self.kind = kind
         self.heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
         self.eps, self.activation = cfg.layer_norm_eps, ACTIVATIONS[cfg.hidden_act].native
         emb = bert.embeddings
         self.word, self.segment = emb.word_embeddings.weight.detach(), emb.token_type_embeddings.weight.detach()
         self.position = emb.position_embeddings.weight.detach()
         self.emb_norm_w, self.emb_norm_b = emb.norm.weight.detach(), emb.norm.bias.detach()
-        linears: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        linears: list = []
         norms: List[torch.Tensor] = []
         h, scale = cfg.hidden_size, self.head_dim ** -0.5
         for layer in bert.layers:
-            qkv_w, qkv_b = layer.qkv.weight.detach().clone(), layer.qkv.bias.detach().clone()
-            qkv_w[:h] *= scale  # q k^T / sqrt(d) == (q / sqrt(d)) k^T: the scale costs nothing here
-            qkv_b[:h] *= scale
-            linears += [(qkv_w, qkv_b)] + [(m.weight.detach(), m.bias.detach()) for m in (layer.attn_out, layer.ffn_in, layer.ffn_out)]
+            # q k^T / sqrt(d) == (q / sqrt(d)) k^T: the scale folded into the query outputs costs nothing
+            # (int8: the same int8 weights, their output scale and bias scaled)
+            if kind == "int8":
+                qkv = layer.qkv
+                out_scale, bias = qkv.output_scale.clone(), qkv.bias.clone()
+                out_scale[:h] *= scale
+                bias[:h] *= scale
+                linears.append((qkv.weight_int8, out_scale, bias))
+                linears += [(m.weight_int8, m.output_scale, m.bias) for m in (layer.attn_out, layer.ffn_in, layer.ffn_out)]
+            else:
+                qkv_w, qkv_b = layer.qkv.weight.detach().clone(), layer.qkv.bias.detach().clone()
+                qkv_w[:h] *= scale
+                qkv_b[:h] *= scale
+                linears += [(qkv_w, qkv_b)] + [(m.weight.detach(), m.bias.detach()) for m in (layer.attn_out, layer.ffn_in, layer.ffn_out)]
             for norm in (layer.attn_norm, layer.ffn_norm):
                 norms += [norm.weight.detach(), norm.bias.detach()]
         self.has_pooler = bert.pooler is not None
         if self.has_pooler:
             linears.append((bert.pooler.weight.detach(), bert.pooler.bias.detach()))
-        self.linears, self.widths, self.norms = linears, [w.shape[0] for w, _ in linears], norms
-        self._packed: dict = {}  # precision -> (panels, biases): made on the first call in that precision
+        self.linears, self.norms = linears, norms
+        # output widths: an int8 weight is held transposed, (in, out)
+        self.widths = [p[0].shape[1] if len(p) == 3 else p[0].shape[0] for p in linears]
+        self._packed: dict = {}  # precision -> each Linear's parts for the kernels: made on the first call in it
 
-    def packed(self, precision: str):
-        """The Linear layers packed for the kernels in `precision` ("fp32" or "bf16"), made once."""
+    def packed(self, precision: str) -> list:
+        """Each Linear's parts for the kernels in `precision` ("fp32", "bf16", or "int8" for int8 layers;
+        the pooler stays float32 there), made once."""
         if precision not in self._packed:
             kernels = load_kernels()
-            if precision == "bf16":
-                self._packed[precision] = tuple(map(list, zip(*(kernels.pack_linear_bf16(w, b) for w, b in self.linears))))
-            else:
-                self._packed[precision] = [kernels.pack_linear(w, b) for w, b in self.linears], []
+
+            def pack(parts):
+                if len(parts) == 3:  # int8 weight, output scale, bias
+                    return list(kernels.pack_linear_int8(*parts))
+                return list(kernels.pack_linear_bf16(*parts)) if precision == "bf16" else [kernels.pack_linear(*parts)]
+
+            self._packed[precision] = [pack(parts) for parts in self.linears]
         return self._packed[precision]
 
     def encode(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, lengths: List[int], cls_only: bool,
                precision: str = "fp32"):
-        panels, biases = self.packed(precision)
         return load_kernels().encode(
             input_ids.long().contiguous(), segment_ids.long().contiguous(), lengths, cls_only, self.word,
-            self.segment, self.position, self.emb_norm_w, self.emb_norm_b, panels, biases, self.widths, self.norms,
-            self.heads, self.head_dim, self.eps, self.activation, self.has_pooler)
+            self.segment, self.position, self.emb_norm_w, self.emb_norm_b, self.packed(precision), self.widths,
+            self.norms, self.heads, self.head_dim, self.eps, self.activation, self.has_pooler)
 
 
 class NativeEncoder:
@@ -184,15 +202,18 @@ class NativeEncoder:
         if choice == "eager":
             return None
         segment_ids = torch.zeros_like(input_ids) if segment_ids is None else segment_ids
-        seq, pooled = self._weights.encode(input_ids, segment_ids, lengths, cls_only, "bf16" if choice == "native-bf16" else "fp32")
+        precision = {"native": "fp32", "native-bf16": "bf16", "native-int8": "int8"}[choice]
+        seq, pooled = self._weights.encode(input_ids, segment_ids, lengths, cls_only, precision)
         return seq, (pooled if self.bert.pooler is not None else None)
 
     def current_weights(self) -> Optional[_EncoderWeights]:
         """The kernels' tensors for the model's parameters as they are now (rebuilt after any change),
-        or None where its layers are not plain float32 ones (int8, half precision)."""
+        or None where its layers are neither plain float32 ones nor bertkit's int8 recipe (half
+        precision, PyTorch's quantized modules)."""
         key = self._watch.key()
         if self._built_from != key:
-            self._weights = _EncoderWeights(self.bert) if _plain_float_layers(self.bert) else None
+            kind = _layer_kind(self.bert)
+            self._weights = _EncoderWeights(self.bert, kind) if kind else None
             self._built_from = key
         return self._weights
 
@@ -200,6 +221,11 @@ class NativeEncoder:
     def bf16_supported(self) -> bool:
         """Whether the kernels run bf16 matrix multiplies here (the CPU has AVX512_BF16)."""
         return bool(load_kernels().bf16_supported())
+
+    @property
+    def int8_supported(self) -> bool:
+        """Whether the kernels run int8 matrix multiplies here (the CPU has AVX512_VNNI)."""
+        return bool(load_kernels().int8_supported())
 
     @property
     def ready(self) -> bool:
@@ -229,12 +255,22 @@ def real_lengths(input_ids: torch.Tensor, valid_lengths=None, attention_mask=Non
     return [seqlen] * batch
 
 
-def _plain_float_layers(bert) -> bool:
-    """float32 nn.Linear weights throughout (a quantized or half-precision model keeps its own path)."""
-    linears = [m for layer in bert.layers for m in (layer.qkv, layer.attn_out, layer.ffn_in, layer.ffn_out)]
-    return bert.embeddings.word_embeddings.weight.dtype == torch.float32 and all(
-        isinstance(m, nn.Linear) and type(m.weight) is nn.Parameter and m.weight.dtype == torch.float32 and m.bias is not None
-        for m in linears + ([bert.pooler] if bert.pooler is not None else []))
+def _layer_kind(bert) -> Optional[str]:
+    """"fp32" where the encoder's Linear layers are float32 nn.Linear with a bias, "int8" where its block
+    Linear layers are bertkit's Int8Linear (bertkit/cpu/int8.py) with a bias and the pooler float32,
+    None otherwise (half precision, PyTorch's quantized modules: they keep their own path)."""
+    def plain(m):
+        return (isinstance(m, nn.Linear) and type(m.weight) is nn.Parameter and m.weight.dtype == torch.float32
+                and m.bias is not None)
+
+    blocks = [m for layer in bert.layers for m in (layer.qkv, layer.attn_out, layer.ffn_in, layer.ffn_out)]
+    if bert.embeddings.word_embeddings.weight.dtype != torch.float32 or not (bert.pooler is None or plain(bert.pooler)):
+        return None
+    if all(plain(m) for m in blocks):
+        return "fp32"
+    if all(isinstance(m, Int8Linear) and m.bias is not None for m in blocks):
+        return "int8"
+    return None
 
 
 def attach_native_encoder(bert, max_tokens: int = MAX_TOKENS) -> bool:
