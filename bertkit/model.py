@@ -15,7 +15,8 @@ it computes:
 - CPU training draws dropout masks from a cheaper generator and does attention's softmax, dropout
   and product with V in one autograd step (`cpu/dropout.py`; the same distribution).
 These come through the few operations of `cpu/ops.py` (which kernel runs: `cpu/dispatch.py`);
-`bertkit.cpu.optimize_for_cpu` adds MKL-packed weights and compiled kernels for small inputs.
+`bertkit.cpu.optimize_for_cpu` adds the compiled encoder (`cpu/native/`: its own fp32, bf16 and
+int8 GEMMs, padding skipped), which `forward` asks first.
 The MLM head is evaluated only at the masked positions it is given, not at every token, and so is
 the last layer's work after attention: pretraining reads the final hidden states only at the masked
 positions and at [CLS], so the last block's attention output projection and feed-forward run on

@@ -30,12 +30,14 @@ sentences (872 SST-2 dev + 1000 AG News test), cosine mean / worst:
 
 `nice -n 19 .venv/bin/python scripts/int8_fidelity.py` prints the full table (first / last layer,
 attention output, pooler, ONNX Runtime). The recipe reaches the target (mean >= 0.995, worst >=
-0.98) with no Linear left in fp32, and its result does not depend on the batch. Speed: the int8 GEMM
-is as fast as quantize_dynamic's (oneDNN against FBGEMM), but quantizing the rows and scaling the
-output are separate kernels: measured on a shared 2-core machine (1 thread, indicative only), a
-whole forward ran 1.95x bertkit fp32 for batches of 32 sentences and 1.62x for single sentences,
-against 2.42x / 2.20x for the old per-tensor int8 and 1.58x / 1.55x for the quantize_dynamic variant
-that also reaches the target (8-bit, FFN output fp32).
+0.98) with no Linear left in fp32, and its result does not depend on the batch.
+
+Speed: `Int8Linear` below is the layer-by-layer form (oneDNN's int8 GEMM through `torch._int_mm`,
+with the row quantization and the output scaling as separate kernels). What `--quantize int8` runs
+is the compiled encoder's int8 GEMM on these same int8 weights (cpu/native/encoder.cpp: VNNI,
+the quantization in one pass, the scaling, bias and GELU as the output is stored), where the CPU has
+AVX512_VNNI: 2.8x the layer form for one sentence and 1.4x for batches of 32 (AMD EPYC Zen 4,
+2 threads; docs/benchmarks.md).
 
 Modules are found by name (bertkit.cpu does not import bertkit.model): an nn.Linear named
 `...layers.<i>.<qkv|query|key|value|attn_out|ffn_in|ffn_out>` (bertkit's model and its export graph).

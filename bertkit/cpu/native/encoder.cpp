@@ -633,6 +633,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // no Python object is touched inside: other threads (the server's event loop) run meanwhile
   m.def("encode", &encode, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("pack_linear", &pack_linear, pybind11::call_guard<pybind11::gil_scoped_release>());
+  // one Linear on packed weights (benchmarks/native_gemm.py); epilogue 0 none, 1 erf-GELU, 2 ReLU
+  m.def("linear", [](const Tensor& x, const std::vector<Tensor>& parts, int64_t width, int64_t epilogue) {
+    TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kFloat, "x: contiguous float32 (M, K)");
+    return Linears{{parts}, {width}}(x, 0, static_cast<int>(epilogue));
+  }, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("pack_linear_bf16", &pack_linear_bf16, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("pack_linear_int8", &pack_linear_int8, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("bf16_supported", &bf16_supported);

@@ -1,0 +1,92 @@
+"""What each piece of the compiled encoder earns: every precision through the compiled encoder
+(`bertkit/cpu/native`) against the layer-by-layer path in the same precision, on real sentences.
+
+  fp32   for_inference (compiled encoder, own GEMMs)  vs  optimize_for_cpu(native=False) (oneDNN layers)
+  bf16   the same under bf16 autocast (AVX512_BF16 GEMMs)  vs  the plain model under bf16 autocast
+  int8   for_inference(quantize="int8") (VNNI GEMMs)  vs  quantize_int8 alone (Int8Linear layers)
+
+SST-2 dev (or --data), batch 1 (the first --limit-batch1 sentences one at a time) and batch 32 (the
+first --limit sentences in file order, padded batches with their valid lengths); all paths in one
+process, interleaved passes, medians; real tokens per second. The CPU model and flags are printed.
+
+    .venv/bin/python benchmarks/native_paths.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import bertkit
+from bertkit.cpu import optimize_for_cpu
+from bertkit.cpu.int8 import quantize_int8
+from bertkit.cpu.optimize import for_inference, inference_path
+from bertkit.device import cpu_flags
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "glue_data" / "SST-2" / "dev.tsv"
+
+
+def cpu_model() -> str:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="all-minilm-l6-v2")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a TSV whose first column is a sentence, with a header")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--limit-batch1", type=int, default=200)
+    p.add_argument("--limit", type=int, default=640)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sentences = [line.split("\t")[0] for line in args.data.read_text(encoding="utf-8").splitlines()[1:]]
+    model = bertkit.load(args.model).eval()
+    cpu = torch.device("cpu")
+    modes = {"fp32": None, "bf16": torch.bfloat16, "int8": None}
+    paths = {
+        ("fp32", "compiled"): for_inference(copy.deepcopy(model), cpu),
+        ("fp32", "layers"): optimize_for_cpu(copy.deepcopy(model), native=False),
+        ("int8", "compiled"): for_inference(model, cpu, "fp32", "int8"),
+        ("int8", "layers"): quantize_int8(model),
+    }
+    if {"avx512_bf16", "amx_bf16"} & cpu_flags():
+        paths[("bf16", "compiled")] = paths[("fp32", "compiled")]
+        paths[("bf16", "layers")] = model
+    flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx_vnni"))))
+    print(f"{cpu_model()} ({flags}); torch {torch.__version__}; {args.threads} threads; {args.model}; "
+          f"medians of {args.rounds} interleaved passes")
+    for mode in ("fp32", "bf16", "int8"):
+        print(f"  {inference_path(model.config, mode if mode != 'int8' else 'fp32', 'int8' if mode == 'int8' else None)}")
+    for batch_size, limit in ((1, args.limit_batch1), (32, args.limit)):
+        batches = [model.tokenizer(sentences[i:i + batch_size]) for i in range(0, min(limit, len(sentences)), batch_size)]
+        tokens = sum(int(b.valid_lengths.sum()) for b in batches)
+        times = {key: [] for key in paths}
+        with torch.inference_mode():
+            for r in range(args.rounds + 1):  # the first round warms up (packs weights) and is dropped
+                for key in (list(paths) if r % 2 else list(paths)[::-1]):
+                    path = paths[key]
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=modes[key[0]] is not None):
+                        start = time.perf_counter()
+                        for b in batches:
+                            path(b)
+                        times[key].append(time.perf_counter() - start)
+        print(f"\nbatch {batch_size}: {len(batches)} passes of {tokens} real tokens in all")
+        print("| precision | compiled encoder tok/s | layer-by-layer tok/s | compiled / layers |")
+        print("|---|---:|---:|---:|")
+        for mode in modes:
+            if (mode, "compiled") not in paths:
+                continue
+            fast, slow = (tokens / statistics.median(times[(mode, kind)][1:]) for kind in ("compiled", "layers"))
+            print(f"| {mode} | {fast:,.0f} | {slow:,.0f} | {fast / slow:.2f}x |", flush=True)
+    assert paths[("fp32", "compiled")].cpu_encoder is not None and paths[("fp32", "compiled")].cpu_encoder.ready
+
+
+if __name__ == "__main__":
+    main()
