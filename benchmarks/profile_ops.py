@@ -8,9 +8,11 @@ The same token ids (SST-2 dev in file order, all-minilm-l6-v2, fp32) go through
                    (optimize_for_cpu(packed_rows=0, fuse=False, native=False))
   bertkit-onednn   oneDNN's GEMM for every Linear, bias / GELU / residual add inside it
                    (optimize_for_cpu(packed_rows=0, native=False))
-  bertkit-layers   bertkit's layer-by-layer default: MKL's packed GEMM up to 256 rows, oneDNN above
-                   (optimize_for_cpu(native=False))
-  bertkit-native   the compiled encoder (optimize_for_cpu()): one op to the profiler
+  bertkit-layers   bertkit's layer-by-layer default (optimize_for_cpu(native=False)): on Intel MKL's
+                   packed GEMM up to 256 rows, oneDNN above; elsewhere oneDNN
+  bertkit-native   the compiled encoder (optimize_for_cpu(), fp32): its own stage clock, not PyTorch's
+                   profiler (its kernels are no PyTorch ops); GEMM includes the GELU applied as it stores
+  bertkit-native-bf16, bertkit-native-int8   the same under bf16 autocast / with --quantize int8
   ort              transformers' graph with ONNX Runtime's BERT fusions (as benchmarks/bench_onnx.py)
 For each: the wall time per batch without a profiler (median of --rounds passes), then one profiled
 pass whose op self-times are summed by kind (GEMM, attention, LayerNorm, GELU, embedding, other ops);
@@ -35,6 +37,8 @@ import torch
 
 import bertkit
 from bertkit.cpu import optimize_for_cpu
+from bertkit.cpu.native.encoder import load_kernels
+from bertkit.cpu.optimize import for_inference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_encoder import DEFAULT_DATA, read_sentences  # noqa: E402
@@ -48,8 +52,7 @@ KINDS = [("GEMM", ("aten::addmm", "aten::mm", "aten::bmm", "mkl::", "mkldnn::_li
          ("LayerNorm", ("aten::layer_norm", "aten::native_layer_norm", "LayerNormalization", "SkipLayerNormalization",
                         "EmbedLayerNormalization")),
          ("GELU", ("aten::gelu", "BiasGelu", "Gelu", "FastGelu")),
-         ("embedding", ("aten::embedding", "aten::index_select", "Gather")),
-         ("encoder (native)", ("bertkit::",))]
+         ("embedding", ("aten::embedding", "aten::index_select", "Gather"))]
 
 
 def kind_of(name: str) -> str:
@@ -85,10 +88,30 @@ def ort_profile(session_factory, batches) -> dict[str, float]:
     return dict(sums)
 
 
+def native_profile(fn, batches) -> dict[str, float]:
+    """Seconds per stage over one pass, from the compiled encoder's own clock."""
+    kernels = load_kernels()
+    kernels.stage_seconds()
+    kernels.set_profiling(True)
+    try:
+        for b in batches:
+            fn(b)
+    finally:
+        kernels.set_profiling(False)
+    return kernels.stage_seconds()
+
+
 def contenders(model, directory, workdir: Path, threads: int):
     def bertkit_path(**settings):
         m = optimize_for_cpu(copy.deepcopy(model), **settings)
         return lambda b: m(b.input_ids, b.segment_ids, b.valid_lengths)
+
+    native_int8 = for_inference(model, torch.device("cpu"), "fp32", "int8")
+    native_fp32 = bertkit_path()
+
+    def native_bf16(b):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return native_fp32(b)
 
     fused = transformers_onnx(directory, workdir, model.config)
 
@@ -103,14 +126,20 @@ def contenders(model, directory, workdir: Path, threads: int):
         return ort.InferenceSession(str(fused), options, providers=["CPUExecutionProvider"])
 
     plain_ort = session()
-    return {
+    kernels = load_kernels()
+    runs = {
         "bertkit-plain": (bertkit_path(packed_rows=0, fuse=False, native=False), None),
         "bertkit-onednn": (bertkit_path(packed_rows=0, native=False), None),
         "bertkit-layers": (bertkit_path(native=False), None),
-        "bertkit-native": (bertkit_path(), None),
+        "bertkit-native": (native_fp32, native_profile),
+        # only where the CPU has the kernels' instructions (elsewhere they run the layer path)
+        **({"bertkit-native-bf16": (native_bf16, native_profile)} if kernels.bf16_supported() else {}),
+        **({"bertkit-native-int8": (lambda b: native_int8(b.input_ids, b.segment_ids, b.valid_lengths), native_profile)}
+           if kernels.int8_supported() else {}),
         "ort": (lambda b: plain_ort.run(None, {"input_ids": b.np_ids, "attention_mask": b.np_mask,
                                                "token_type_ids": b.np_segs}), session),
     }
+    return runs
 
 
 def main(argv=None):
@@ -145,7 +174,8 @@ def main(argv=None):
         print("|---|" + "---:|" * (len(kinds) + 3))
         for name, (fn, factory) in runs.items():
             wall = statistics.median(walls[name])
-            sums = ort_profile(factory, batches) if factory else torch_profile(fn, batches)
+            sums = (factory(fn, batches) if factory is native_profile else ort_profile(factory, batches) if factory
+                    else torch_profile(fn, batches))
             cells = [sums.get(k, 0.0) for k in kinds]
             ms = lambda s: f"{1e3 * s / len(batches):.3f}"  # noqa: E731
             print(f"| {name} | {ms(wall)} | {tokens / wall:,.0f} | " + " | ".join(ms(c) for c in cells)

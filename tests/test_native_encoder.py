@@ -255,6 +255,25 @@ def test_real_checkpoint_bf16_and_int8_sentence_vectors(kernels, minilm, sst2_de
         assert cos.min() > 0.9995
 
 
+def test_stage_clock_counts_only_while_asked(kernels):
+    """benchmarks/profile_ops.py's view inside the kernels: seconds per stage, only while profiling."""
+    model = native(model_with(64, 4))
+    ids, segs = inputs(2, 30)
+    with torch.inference_mode():
+        kernels.stage_seconds()
+        model(ids, segs)
+        assert sum(kernels.stage_seconds().values()) == 0
+        kernels.set_profiling(True)
+        try:
+            model(ids, segs)
+        finally:
+            kernels.set_profiling(False)
+        stages = kernels.stage_seconds()
+    assert set(stages) == {"GEMM", "attention", "LayerNorm", "embedding", "other ops"}
+    assert stages["GEMM"] > 0 and stages["attention"] > 0 and stages["LayerNorm"] > 0
+    assert sum(kernels.stage_seconds().values()) == 0  # read once, then zero
+
+
 def test_bad_ids_are_an_index_error_not_a_crash(kernels):
     model = native(model_with(64, 4))
     ids, segs = inputs(1, 9)

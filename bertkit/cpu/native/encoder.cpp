@@ -22,10 +22,16 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #if defined(__AVX512F__) && (defined(__GNUC__) || defined(__clang__))
@@ -547,6 +553,24 @@ struct Linears {
   }
 };
 
+// Where encode's time goes, for benchmarks/profile_ops.py: off unless asked (one relaxed load per step).
+enum Stage { GEMM = 0, ATTENTION, LAYER_NORM, EMBEDDING, OTHER, STAGES };
+std::atomic<bool> profiling{false};
+std::mutex stage_lock;
+std::array<double, STAGES> stage_seconds{};
+
+struct StageClock {
+  const bool on = profiling.load(std::memory_order_relaxed);
+  std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
+  void mark(Stage stage) {  // the time since the last mark goes to `stage`
+    if (!on) return;
+    const auto now = std::chrono::steady_clock::now();
+    std::lock_guard<std::mutex> guard(stage_lock);
+    stage_seconds[stage] += std::chrono::duration<double>(now - last).count();
+    last = now;
+  }
+};
+
 Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& rows) {
   return x.index_select(0, at::tensor(rows, at::TensorOptions().dtype(at::kLong)));
 }
@@ -578,6 +602,7 @@ std::tuple<Tensor, Tensor> encode(const Tensor& ids, const Tensor& segs, const s
   }
   const int64_t layers = static_cast<int64_t>(norms.size() / 4);
   const float eps = static_cast<float>(eps_d);
+  StageClock clock;
   Tensor x = at::empty({n, H}, word.options());
   {
     const int64_t *ip = ids.data_ptr<int64_t>(), *sp = segs.data_ptr<int64_t>();
@@ -594,6 +619,7 @@ std::tuple<Tensor, Tensor> encode(const Tensor& ids, const Tensor& segs, const s
       }
     add_layer_norm(xp, nullptr, emb_w.data_ptr<float>(), emb_b.data_ptr<float>(), n, H, eps);
   }
+  clock.mark(EMBEDDING);
   for (const auto& parts : linears) {
     TORCH_CHECK(parts[0].scalar_type() != at::kBFloat16 || bf16_supported(), "this CPU has no AVX512_BF16 instructions");
     TORCH_CHECK(parts[0].scalar_type() != at::kChar || int8_supported(), "this CPU has no AVX512_VNNI instructions");
@@ -602,18 +628,28 @@ std::tuple<Tensor, Tensor> encode(const Tensor& ids, const Tensor& segs, const s
   const int ffn_epilogue = activation == 0 ? GELU_ERF : activation == 2 ? RELU : NONE;
   for (int64_t l = 0; l < layers; ++l) {
     const int64_t i = 4 * l;
-    Tensor a = attention(linear(x, i, NONE), start, len, heads, hd);
+    const Tensor qkv = linear(x, i, NONE);
+    clock.mark(GEMM);
+    Tensor a = attention(qkv, start, len, heads, hd);
+    clock.mark(ATTENTION);
     if (cls_only && l == layers - 1) {
       a = gather_rows(a, start);
       x = gather_rows(x, start);
+      clock.mark(OTHER);
     }
     Tensor y = linear(a, i + 1, NONE);
+    clock.mark(GEMM);
     add_layer_norm(y.data_ptr<float>(), x.data_ptr<float>(), norms[i].data_ptr<float>(), norms[i + 1].data_ptr<float>(), y.size(0), H, eps);
+    clock.mark(LAYER_NORM);
     x = y;
-    Tensor f = linear(x, i + 2, ffn_epilogue);
+    Tensor f = linear(x, i + 2, ffn_epilogue);  // GELU / ReLU inside: counted as GEMM
+    clock.mark(GEMM);
     if (activation == 1) at::gelu_(f, "tanh");
+    clock.mark(OTHER);
     y = linear(f, i + 3, NONE);
+    clock.mark(GEMM);
     add_layer_norm(y.data_ptr<float>(), x.data_ptr<float>(), norms[i + 2].data_ptr<float>(), norms[i + 3].data_ptr<float>(), y.size(0), H, eps);
+    clock.mark(LAYER_NORM);
     x = y;
   }
   const bool padded = n < B * T;
@@ -624,9 +660,13 @@ std::tuple<Tensor, Tensor> encode(const Tensor& ids, const Tensor& segs, const s
     seq = at::zeros({B, T, H}, x.options());
     for (int64_t b = 0; b < B; ++b) seq[b].narrow(0, 0, len[b]).copy_(x.narrow(0, start[b], len[b]));
   }
+  clock.mark(OTHER);
   if (!has_pooler) return {seq, at::empty({0, H}, x.options())};
   Tensor pooled = linear(cls_only ? x : gather_rows(x, start), 4 * layers, NONE);
-  return {seq, pooled.tanh_()};
+  clock.mark(GEMM);
+  pooled.tanh_();
+  clock.mark(OTHER);
+  return {seq, pooled};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -641,5 +681,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_linear_bf16", &pack_linear_bf16, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("pack_linear_int8", &pack_linear_int8, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("bf16_supported", &bf16_supported);
+  m.def("set_profiling", [](bool on) { profiling = on; });
+  m.def("stage_seconds", []() {  // seconds per stage since the last call (and zero them)
+    std::lock_guard<std::mutex> guard(stage_lock);
+    std::map<std::string, double> out{{"GEMM", stage_seconds[GEMM]}, {"attention", stage_seconds[ATTENTION]},
+                                      {"LayerNorm", stage_seconds[LAYER_NORM]}, {"embedding", stage_seconds[EMBEDDING]},
+                                      {"other ops", stage_seconds[OTHER]}};
+    stage_seconds.fill(0.0);
+    return out;
+  });
   m.def("int8_supported", &int8_supported);
 }
