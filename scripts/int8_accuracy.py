@@ -2,22 +2,25 @@
 
     python scripts/int8_accuracy.py runs/ablation/sst2-4000/random-2-epochs-s0 --data ../shared/data/glue_data/SST-2/dev.tsv
 
-The same checkpoint, the same 872 sentences: `bertkit.predict` on the model as loaded, then on
-`bertkit.cpu.int8.quantize_int8(model)` (what `bertkit serve --quantize int8` and the torch int8
-export run), then on the model under bf16 autocast (`--precision bf16`; CPUs with avx512_bf16 or
-AMX); prints each accuracy and how many predictions changed against fp32.
+The same checkpoint, the same 872 sentences, `bertkit.predict` on: the model as loaded (the fp32
+reference); what `bertkit predict` / `serve` run on the CPU (`cpu.optimize.for_inference`: the
+compiled encoder) in fp32, with `--quantize int8` and with `--precision bf16` (CPUs with
+AVX512_BF16); and the layer-by-layer forms of int8 (`quantize_int8`, also the torch int8 export) and
+bf16 (autocast on the plain model). Prints each accuracy and how many predictions changed against fp32.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import copy
 from pathlib import Path
 
 import torch
 
 import bertkit
 from bertkit.cpu.int8 import quantize_int8
+from bertkit.cpu.optimize import for_inference
+from bertkit.device import native_bf16_cpu
 
 
 def main(argv=None):
@@ -31,11 +34,15 @@ def main(argv=None):
     sentences, gold = [r[0] for r in rows], [r[1] for r in rows]
     model = bertkit.load(args.classifier).eval()
     labels = {}
-    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
-    for name, m, context in (("fp32", model, contextlib.nullcontext()), ("int8", quantize_int8(model), contextlib.nullcontext()),
-                             ("bf16", model, bf16)):
-        with context:
-            labels[name] = [r["label"] for r in bertkit.predict(m, sentences)]
+    cpu = torch.device("cpu")
+    fast = for_inference(copy.deepcopy(model), cpu)
+    runs = [("fp32", model, "fp32"), ("fp32, compiled encoder", fast, "fp32"),
+            ("int8, compiled encoder", for_inference(model, cpu, "fp32", "int8"), "fp32"),
+            ("int8, Int8Linear layers", quantize_int8(model), "fp32")]
+    if native_bf16_cpu():
+        runs += [("bf16, compiled encoder", fast, "bf16"), ("bf16, autocast layers", model, "bf16")]
+    for name, m, precision in runs:
+        labels[name] = [r["label"] for r in bertkit.predict(m, sentences, precision=precision)]
         accuracy = sum(a == b for a, b in zip(labels[name], gold)) / len(gold)
         changed = sum(a != b for a, b in zip(labels["fp32"], labels[name]))
         print(f"{name}: accuracy {100 * accuracy:.2f} on {len(gold)} sentences; {changed} predictions differ from fp32")

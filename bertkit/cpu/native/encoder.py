@@ -43,8 +43,9 @@ from ..int8 import Int8Linear
 from ..ops import ACTIVATIONS
 from ..weight_cache import ParametersWatch
 
-# Real tokens per call above which the layer-by-layer path runs instead (benchmarks/native_token_limit.py
-# measures where each is faster); it bounds the kernels' working memory, as the batcher bounds a batch.
+# Real tokens per call above which the layer-by-layer path runs instead: on an AMD EPYC the kernels
+# were 1.03x the layer path at 4,096 unpadded tokens and 0.89x at 8,192 (benchmarks/native_token_limit.py,
+# docs/logs/native-token-limit-2026-12-05.txt). It also bounds the kernels' working memory.
 MAX_TOKENS = 4096
 
 _SOURCE = Path(__file__).with_name("encoder.cpp")
