@@ -25,6 +25,7 @@ import torch
 import bertkit
 from bertkit.cpu import optimize_for_cpu
 from bertkit.cpu.int8 import quantize_int8
+from bertkit.cpu.native.encoder import load_kernels
 from bertkit.cpu.optimize import for_inference, inference_path
 from bertkit.device import cpu_flags
 
@@ -53,10 +54,12 @@ def main(argv=None):
     paths = {
         ("fp32", "compiled"): for_inference(copy.deepcopy(model), cpu),
         ("fp32", "layers"): optimize_for_cpu(copy.deepcopy(model), native=False),
-        ("int8", "compiled"): for_inference(model, cpu, "fp32", "int8"),
-        ("int8", "layers"): quantize_int8(model),
     }
-    if {"avx512_bf16", "amx_bf16"} & cpu_flags():
+    kernels = load_kernels()  # bf16 and int8 only where the kernels run them (else both columns are the layer path)
+    if kernels is not None and kernels.int8_supported():
+        paths[("int8", "compiled")] = for_inference(model, cpu, "fp32", "int8")
+        paths[("int8", "layers")] = quantize_int8(model)
+    if kernels is not None and kernels.bf16_supported():
         paths[("bf16", "compiled")] = paths[("fp32", "compiled")]
         paths[("bf16", "layers")] = model
     flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx_vnni"))))

@@ -9,7 +9,7 @@ import torch.nn as nn
 from ..device import cpu_flags, cpu_vendor
 from ..errors import BertkitError
 from .dispatch import mkl_gemm_preferred
-from .native.encoder import MAX_TOKENS, attach_native_encoder, kernels_apply, kernels_state
+from .native.encoder import MAX_TOKENS, attach_native_encoder, kernels_apply, kernels_state, load_kernels
 from .packed_linear import PACKED_ROWS, pack_linear_weights
 
 
@@ -75,9 +75,20 @@ def inference_path(config, precision: str = "fp32", quantize: str | None = None,
     built, why = kernels_state(build)
     if built is False:
         return f"{name}: {layer_path}: compiled encoder unavailable ({why}) ({cpu})"
-    if flag not in cpu_flags():
-        return f"{name}: {layer_path}: the compiled encoder's {name} GEMMs need {flag.upper()} ({cpu})"
+    if name != "fp32" and not _kernels_have(name, flag, built):
+        return (f"{name}: {layer_path}: the compiled encoder's {name} GEMMs need {flag.upper()} and an AVX-512 "
+                f"build ({cpu}; PyTorch's CPU capability {torch.backends.cpu.get_cpu_capability()})")
     note = "" if built else "; compiled on first use, once"
     return (f"{name}: compiled encoder (bertkit/cpu/native) with {gemm}, padding skipped, up to {MAX_TOKENS} real "
             f"tokens per call; {layer_path} above: measured fastest on AMD EPYC Zen 4 at batch 1 and 32 "
             f"(docs/benchmarks.md){note} ({cpu})")
+
+
+def _kernels_have(name: str, flag: str, built: bool | None) -> bool:
+    """Whether the compiled encoder runs `name` ("bf16", "int8") GEMMs here: the built kernels' own
+    answer, or before they are built, the CPU's flag and an AVX-512 build (the kernels for these
+    instructions are compiled into AVX-512 builds only)."""
+    if built:
+        kernels = load_kernels()
+        return bool(kernels.bf16_supported() if name == "bf16" else kernels.int8_supported())
+    return flag in cpu_flags() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
