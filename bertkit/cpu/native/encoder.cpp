@@ -7,9 +7,10 @@
 // inputs. Here every step is one pass with its values in registers:
 // - the matrix multiplies: weights packed once into panels of 2 vectors of output columns; a register
 //   block of up to 12 input rows x 1 panel keeps 24 accumulators while the panel streams past, so a
-//   sentence of 25 tokens runs at the same speed per row as 800 (MiniLM, AMD Zen 4: 218 GFLOP/s on
-//   2 cores against oneDNN's 176 at 25 rows; benchmarks/native_gemm.py). The bias starts the
-//   accumulators and GELU / ReLU are applied as the block is stored;
+//   sentence of 25 tokens keeps the FMA units busy (MiniLM's weights, AMD Zen 4, 2 cores: 166 GFLOP/s
+//   at 25 rows against oneDNN's 127, 92% of the FMA peak from 256 rows; benchmarks/native_gemm.py).
+//   The bias starts the accumulators and GELU / ReLU are applied as the block is stored; the same in
+//   bf16 (AVX512_BF16) and int8 (AVX512_VNNI) further down;
 // - attention per (sequence, head) over that sequence's own tokens: K transposed once, query rows in
 //   blocks whose accumulators stay in registers, softmax with a polynomial exp, P.V accumulated in
 //   registers (no (T, T) tensor per head in memory, no padding, no mask);

@@ -1,9 +1,10 @@
-"""The encoder in compiled kernels, for CPU inference on batches of any shape: the default fp32 path.
+"""The encoder in compiled kernels, for CPU inference on batches of any shape: the default CPU path.
 
 At one short sentence (SST-2 dev: 25 tokens on average) a PyTorch forward is ~100 small operations,
 each a few microseconds of interpreter and dispatch, and PyTorch's GEMMs (MKL's, oneDNN's) are tuned
-for larger inputs: on an AMD EPYC they reached 103 and 176 GFLOP/s at 25 rows where a plain
-register-blocked kernel reaches 218 (benchmarks/native_gemm.py). On padded batches the layer path
+for larger inputs: on an AMD EPYC, over one forward's weights at 25 rows, they reached 72 and 127
+GFLOP/s where a plain register-blocked kernel reaches 166 (benchmarks/native_gemm.py). The kernels
+also run bf16 (AVX512_BF16) and int8 (AVX512_VNNI, bertkit/cpu/int8.py's recipe) matrix multiplies. On padded batches the layer path
 pays for attention over padding and a mask. `encoder.cpp` runs the whole encoder and pooler as one
 call from C++, over the model's own tensors and derived copies made once:
 - every Linear's weight and bias packed into the kernels' panels (`pack_linear`), with the attention
