@@ -68,7 +68,7 @@ def inference_path(config, precision: str = "fp32", quantize: str | None = None,
         name, gemm, flag = "bf16", "AVX512_BF16 GEMMs (bf16 products, float32 sums)", "avx512_bf16"
         layer_path = "autocast's bf16 layer-by-layer path"
     else:
-        name, gemm, flag = precision, "its own float32 GEMMs", "avx512f"
+        name, gemm, flag = precision, "its own float32 GEMMs", None  # any x86 build
         layer_path = f"layer-by-layer path ({'MKL packed GEMM up to 256 rows, ' if mkl_gemm_preferred() else ''}oneDNN GEMMs)"
     if not kernels_apply(config):
         return f"{name}: {layer_path}: the compiled encoder takes head sizes of multiples of 16 up to 128 ({cpu})"

@@ -33,6 +33,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__) && (defined(__GNUC__) || defined(__clang__))
@@ -265,9 +266,19 @@ Tensor pack_linear(const Tensor& weight, const Tensor& bias) {
   return out;
 }
 
+// block(rows) with rows (1 <= rows <= MR) as a compile-time constant, std::integral_constant<int, rows>:
+// a register block's accumulators are an array of that many rows.
+template <int MR, typename Block>
+inline void with_rows(int rows, const Block& block) {
+  if constexpr (MR > 1) {
+    if (rows < MR) return with_rows<MR - 1>(rows, block);
+  }
+  block(std::integral_constant<int, MR>{});
+}
+
 // y (M, N): work items of (group of row blocks, panel), with blocks of at most ROW_BLOCK rows, as even
 // as possible (25 rows: 9 + 8 + 8); several groups only where the panels alone would leave threads idle.
-// block(first row, rows, panel) computes one block.
+// block(first row, rows, panel) computes one block; `rows` is a std::integral_constant (with_rows).
 template <typename Block>
 void for_blocks(int64_t M, int64_t P, const Block& block) {
   const int64_t blocks = (M + ROW_BLOCK - 1) / ROW_BLOCK;
@@ -275,8 +286,10 @@ void for_blocks(int64_t M, int64_t P, const Block& block) {
   at::parallel_for(0, groups * P, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t g = item / P, p = item % P;
-      for (int64_t i = g * blocks / groups; i < (g + 1) * blocks / groups; ++i)
-        block(i * M / blocks, static_cast<int>((i + 1) * M / blocks - i * M / blocks), p);
+      for (int64_t i = g * blocks / groups; i < (g + 1) * blocks / groups; ++i) {
+        const int64_t r0 = i * M / blocks;
+        with_rows<ROW_BLOCK>(static_cast<int>((i + 1) * M / blocks - r0), [&](auto rows) { block(r0, rows, p); });
+      }
     }
   });
 }
@@ -302,14 +315,6 @@ void gemm_block(const float* a, int64_t K, const float* panel, float* c, int64_t
   }
 }
 
-template <int MR>
-void gemm_rows(int rows, const float* a, int64_t K, const float* panel, float* c, int64_t ldc, bool both, int epilogue) {
-  if constexpr (MR > 1) {
-    if (rows < MR) return gemm_rows<MR - 1>(rows, a, K, panel, c, ldc, both, epilogue);
-  }
-  gemm_block<MR>(a, K, panel, c, ldc, both, epilogue);
-}
-
 // x (M, K) contiguous float32, packed from pack_linear for a weight with N rows
 Tensor linear(const Tensor& x, const Tensor& packed, int64_t N, int epilogue) {
   const int64_t M = x.size(0), K = x.size(1), P = packed.size(0);
@@ -317,8 +322,8 @@ Tensor linear(const Tensor& x, const Tensor& packed, int64_t N, int epilogue) {
   if (M == 0) return y;
   const float *a = x.data_ptr<float>(), *b = packed.data_ptr<float>();
   float* c = y.data_ptr<float>();
-  for_blocks(M, P, [&](int64_t r0, int rows, int64_t p) {
-    gemm_rows<ROW_BLOCK>(rows, a + r0 * K, K, b + p * (1 + K) * NR, c + r0 * N + p * NR, N, (p + 1) * NR <= N, epilogue);
+  for_blocks(M, P, [&](int64_t r0, auto rows, int64_t p) {
+    gemm_block<decltype(rows)::value>(a + r0 * K, K, b + p * (1 + K) * NR, c + r0 * N + p * NR, N, (p + 1) * NR <= N, epilogue);
   });
   return y;
 }
@@ -380,15 +385,6 @@ BF16_TARGET void gemm_block_bf16(const uint16_t* a, int64_t K, const uint16_t* p
     if (both) store(c + r * ldc + W, finish((vec)acc1[r], epilogue));
   }
 }
-
-template <int MR>
-BF16_TARGET void gemm_rows_bf16(int rows, const uint16_t* a, int64_t K, const uint16_t* panel, const float* bias, float* c,
-                                int64_t ldc, bool both, int epilogue) {
-  if constexpr (MR > 1) {
-    if (rows < MR) return gemm_rows_bf16<MR - 1>(rows, a, K, panel, bias, c, ldc, both, epilogue);
-  }
-  gemm_block_bf16<MR>(a, K, panel, bias, c, ldc, both, epilogue);
-}
 #endif
 
 // x (M, K) contiguous float32; packed, bias from pack_linear_bf16 for a weight with N rows
@@ -402,8 +398,8 @@ Tensor linear_bf16(const Tensor& x, const Tensor& packed, const Tensor& bias, in
   const auto* b = reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>());
   const float* bp = bias.data_ptr<float>();
   float* c = y.data_ptr<float>();
-  for_blocks(M, P, [&](int64_t r0, int rows, int64_t p) {
-    gemm_rows_bf16<ROW_BLOCK>(rows, a + r0 * K, K, b + p * K * NR, bp + p * NR, c + r0 * N + p * NR, N, (p + 1) * NR <= N, epilogue);
+  for_blocks(M, P, [&](int64_t r0, auto rows, int64_t p) {
+    gemm_block_bf16<decltype(rows)::value>(a + r0 * K, K, b + p * K * NR, bp + p * NR, c + r0 * N + p * NR, N, (p + 1) * NR <= N, epilogue);
   });
   return y;
 #else
@@ -504,15 +500,6 @@ VNNI_TARGET void gemm_block_int8(const uint8_t* a, int64_t K, const int8_t* pane
     }
   }
 }
-
-template <int MR>
-VNNI_TARGET void gemm_rows_int8(int rows, const uint8_t* a, int64_t K, const int8_t* panel, const float* factors, int64_t stride,
-                                const int32_t* sums, const float* row_max, float* c, int64_t ldc, bool both, int epilogue) {
-  if constexpr (MR > 1) {
-    if (rows < MR) return gemm_rows_int8<MR - 1>(rows, a, K, panel, factors, stride, sums, row_max, c, ldc, both, epilogue);
-  }
-  gemm_block_int8<MR>(a, K, panel, factors, stride, sums, row_max, c, ldc, both, epilogue);
-}
 #endif
 
 // x (M, K) contiguous float32; packed, factors, sums from pack_linear_int8 for a weight with N outputs
@@ -528,9 +515,9 @@ Tensor linear_int8(const Tensor& x, const Tensor& packed, const Tensor& factors,
   const float* f = factors.data_ptr<float>();
   const int32_t* sp = sums.data_ptr<int32_t>();
   float* c = y.data_ptr<float>();
-  for_blocks(M, P, [&](int64_t r0, int rows, int64_t p) {
-    gemm_rows_int8<ROW_BLOCK>(rows, q.data() + r0 * K, K, b + p * K * NR, f + p * NR, P * NR, sp + p * NR, row_max.data() + r0,
-                              c + r0 * N + p * NR, N, (p + 1) * NR <= N, epilogue);
+  for_blocks(M, P, [&](int64_t r0, auto rows, int64_t p) {
+    gemm_block_int8<decltype(rows)::value>(q.data() + r0 * K, K, b + p * K * NR, f + p * NR, P * NR, sp + p * NR, row_max.data() + r0,
+                            c + r0 * N + p * NR, N, (p + 1) * NR <= N, epilogue);
   });
   return y;
 #else
