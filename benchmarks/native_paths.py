@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -27,14 +28,10 @@ from bertkit.cpu import optimize_for_cpu
 from bertkit.cpu.int8 import quantize_int8
 from bertkit.cpu.native.encoder import load_kernels
 from bertkit.cpu.optimize import for_inference, inference_path
-from bertkit.device import cpu_flags
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "glue_data" / "SST-2" / "dev.tsv"
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_encoder import DEFAULT_DATA, read_sentences  # noqa: E402
+from profile_ops import platform_line  # noqa: E402
 
 
 def main(argv=None):
@@ -47,7 +44,7 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=640)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    sentences = [line.split("\t")[0] for line in args.data.read_text(encoding="utf-8").splitlines()[1:]]
+    sentences = read_sentences(args.data, None)
     model = bertkit.load(args.model).eval()
     cpu = torch.device("cpu")
     modes = {"fp32": None, "bf16": torch.bfloat16, "int8": None}
@@ -62,9 +59,7 @@ def main(argv=None):
     if kernels is not None and kernels.bf16_supported():
         paths[("bf16", "compiled")] = paths[("fp32", "compiled")]
         paths[("bf16", "layers")] = model
-    flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx_vnni"))))
-    print(f"{cpu_model()} ({flags}); torch {torch.__version__}; {args.threads} threads; {args.model}; "
-          f"medians of {args.rounds} interleaved passes")
+    print(f"{platform_line()}; {args.threads} threads; {args.model}; medians of {args.rounds} interleaved passes")
     for mode in ("fp32", "bf16", "int8"):
         print(f"  {inference_path(model.config, mode if mode != 'int8' else 'fp32', 'int8' if mode == 'int8' else None)}")
     for batch_size, limit in ((1, args.limit_batch1), (32, args.limit)):
