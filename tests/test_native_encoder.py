@@ -116,6 +116,31 @@ def test_padded_batches_skip_the_padding(kernels, hidden, heads, lengths):
     assert (alone - ref_alone).abs().max() < 2e-5
 
 
+@pytest.mark.parametrize("head_size", [16, 32, 48, 64, 128])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_attention_alone_equals_softmax_qk_v_per_sequence(kernels, head_size, threads):
+    """The attention kernel on packed q|k|v rows: every sequence sees only its own keys, over lengths that
+    end inside and on the edge of a chunk of keys, span several chunks and give every row-block size,
+    and uneven enough that the per-thread split by cost puts the long ones in one part."""
+    heads, lengths = 3, [1, 2, 13, 16, 31, 32, 33, 97, 5, 200, 1, 64]
+    g = torch.Generator().manual_seed(head_size)
+    qkv = torch.randn(sum(lengths), 3 * heads * head_size, generator=g) * 0.5
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = kernels.attention(qkv, lengths, heads)
+    finally:
+        torch.set_num_threads(before)
+    start = 0
+    for n in lengths:
+        q, k, v = qkv[start:start + n].double().view(n, 3, heads, head_size).unbind(1)
+        want = torch.einsum("hij,jhd->ihd", torch.einsum("ihd,jhd->hij", q, k).softmax(-1), v).reshape(n, -1)
+        assert (got[start:start + n].double() - want).abs().max() < 2e-5, n
+        start += n
+    with pytest.raises(RuntimeError, match="add up"):
+        kernels.attention(qkv, lengths[:-1], heads)
+
+
 @pytest.mark.parametrize("hidden,heads", [(64, 4), (144, 3)])
 def test_bf16_matrix_multiplies_are_as_accurate_as_autocast(kernels, hidden, heads):
     """`--precision bf16` on a CPU with AVX512_BF16: the kernels' bf16 products (float32 sums, the rest

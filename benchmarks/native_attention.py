@@ -1,0 +1,90 @@
+"""What the compiled encoder's attention kernel earns: one layer's self-attention over packed q|k|v rows
+(`bertkit/cpu/native/encoder.cpp`, `attention`) against what the layer-by-layer path does for the same
+rows (bertkit/model.py: repad to (B, T), F.scaled_dot_product_attention with the key mask, back to the
+packed rows).
+
+The lengths are those of real sentences (SST-2 dev, or --data) under the model's tokenizer: batch 1
+(the first --limit-batch1 sentences one at a time) and batch 32 (the first --limit sentences in file
+order); q|k|v are random (fixed seed: speed does not depend on the values); each layer call runs
+--repeat times on the same rows, as inside a forward where the projection has just written them. Both
+in one process, interleaved passes, medians; ms per layer call, the CPU model and flags printed.
+
+    .venv/bin/python benchmarks/native_attention.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import bertkit
+from bertkit.cpu.native.encoder import load_kernels
+from bertkit.padding import real_token_indices, repad
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_encoder import DEFAULT_DATA, read_sentences  # noqa: E402
+from profile_ops import platform_line  # noqa: E402
+
+
+def layer_path(qkv, lengths, heads, hd):
+    """The layer-by-layer path's attention for packed rows: (N, 3H) -> (N, H); q taken as already scaled,
+    as the kernel takes it (the compiled encoder folds 1 / sqrt(hd) into the q weights)."""
+    batch, seqlen = len(lengths), max(lengths)
+    mask = torch.arange(seqlen)[None, :] < torch.tensor(lengths)[:, None]
+    indices = real_token_indices(mask)
+    q, k, v = repad(qkv, indices, batch, seqlen).view(batch, seqlen, 3, heads, hd).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=1.0)
+    return out.transpose(1, 2).reshape(batch * seqlen, -1).index_select(0, indices)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="all-minilm-l6-v2")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a TSV whose first column is a sentence, with a header")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--repeat", type=int, default=5, help="calls per batch in a pass (default 5)")
+    p.add_argument("--limit-batch1", type=int, default=200)
+    p.add_argument("--limit", type=int, default=872)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    kernels = load_kernels()
+    if kernels is None:
+        sys.exit("native_attention: the compiled encoder kernels did not build on this machine")
+    model = bertkit.load(args.model)
+    heads, hd = model.config.num_attention_heads, model.config.head_dim
+    sentences = read_sentences(args.data, None)
+    print(f"{platform_line()}; {args.threads} threads; {args.model} ({heads} heads of {hd}); "
+          f"medians of {args.rounds} interleaved passes")
+    print("| batch | calls | real tokens per call | native ms | layer path ms | layer path / native | max abs diff |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    g = torch.Generator().manual_seed(0)
+    for batch_size, limit in ((1, args.limit_batch1), (32, args.limit)):
+        lengths = [model.tokenizer(sentences[i:i + batch_size]).valid_lengths.tolist()
+                   for i in range(0, min(limit, len(sentences)), batch_size)]
+        rows = [torch.randn(sum(n), 3 * heads * hd, generator=g) for n in lengths]
+        paths = {"native": lambda qkv, n: kernels.attention(qkv, n, heads),
+                 "layers": lambda qkv, n: layer_path(qkv, n, heads, hd)}
+        diff = max((paths["native"](x, n) - paths["layers"](x, n)).abs().max().item() for x, n in zip(rows, lengths))
+        times = {name: [] for name in paths}
+        with torch.inference_mode():
+            for r in range(args.rounds + 1):  # the first round warms up and is dropped
+                for name in (list(paths) if r % 2 else list(paths)[::-1]):
+                    start = time.perf_counter()
+                    for x, n in zip(rows, lengths):
+                        for _ in range(args.repeat):
+                            paths[name](x, n)
+                    times[name].append((time.perf_counter() - start) / (len(rows) * args.repeat))
+        native, layers = (1000 * statistics.median(times[name][1:]) for name in ("native", "layers"))
+        print(f"| {batch_size} | {len(rows)} | {sum(map(sum, lengths)) / len(rows):.1f} | {native:.3f} | {layers:.3f} | "
+              f"{layers / native:.2f}x | {diff:.1e} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
