@@ -101,3 +101,23 @@ def test_bad_pooling_and_model_without_tokenizer(emb, tmp_path):
 def test_empty_input_gives_empty_output(emb, minilm):
     assert emb([]) == []
     assert emb.sentence_vectors([], pooling="mean").shape == (0, minilm.config.hidden_size)
+
+
+def test_a_model_by_name_runs_as_embed_and_serve_run_it(minilm, minilm_dir, texts):
+    """By name, BertEmbedding owns its model and makes it ready as `bertkit embed` does
+    (for_inference: the compiled encoder on this CPU where it builds); a model object passed in is
+    left as it is unless int8 is asked for, which runs an int8 copy."""
+    from bertkit.cpu.int8 import Int8Linear
+    from bertkit.cpu.native.encoder import load_kernels
+
+    reference = BertEmbedding(minilm, device="cpu")
+    assert minilm.cpu_encoder is None  # untouched
+    by_name = BertEmbedding(str(minilm_dir), device="cpu")
+    assert (by_name.model.cpu_encoder is not None) == (load_kernels() is not None)
+    np.testing.assert_allclose(by_name.sentence_vectors(texts), reference.sentence_vectors(texts), rtol=0, atol=1e-4)
+    int8 = BertEmbedding(minilm, device="cpu", quantize="int8")
+    assert any(isinstance(m, Int8Linear) for m in int8.model.modules())
+    assert not any(isinstance(m, Int8Linear) for m in minilm.modules())
+    a, b = int8.sentence_vectors(texts), reference.sentence_vectors(texts)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.98 and not np.allclose(a, b, atol=1e-4)

@@ -44,7 +44,6 @@ def run(args):
     import numpy as np
     from tqdm import tqdm
 
-    from ..cpu.optimize import for_inference
     from ..device import resolve_precision
     from ..errors import BertkitError
     from ..inference.embedding import BertEmbedding
@@ -66,8 +65,8 @@ def run(args):
     precision = resolve_precision(args.precision, device)
     if args.part_lines is not None or world_size > 1:
         return _run_parts(args, device, precision, rank, world_size)
-    emb = BertEmbedding(args.model, max_len=args.max_len, batch_size=args.batch_size, device=device, precision=precision)
-    emb.model = for_inference(emb.model, device, precision, args.quantize)
+    emb = BertEmbedding(args.model, max_len=args.max_len, batch_size=args.batch_size, device=device, precision=precision,
+                        quantize=args.quantize)
     lines = iter(args.sentences) if args.sentences else iter_lines(args.file, errors=args.errors)
     out = open(args.out, "w", encoding="utf-8") if args.out and args.format == "jsonl" else sys.stdout
     # A progress bar only for a person watching: piped stderr stays clean (one-line errors and notes).
@@ -133,7 +132,6 @@ def _run_parts(args, device, precision: str, rank: int, world_size: int) -> None
 
     from tqdm import tqdm
 
-    from ..cpu.optimize import for_inference
     from ..errors import BertkitError
     from ..inference.embed_parts import OwnedParts, check_settings, part_name, write_index_if_complete
     from ..inference.embedding import BertEmbedding
@@ -155,8 +153,8 @@ def _run_parts(args, device, precision: str, rank: int, world_size: int) -> None
                 "precision": precision, "part_lines": part_lines}
     directory = Path(args.out)
     check_settings(directory, settings)
-    emb = BertEmbedding(args.model, max_len=args.max_len, batch_size=args.batch_size, device=device, precision=precision)
-    emb.model = for_inference(emb.model, device, precision, args.quantize)
+    emb = BertEmbedding(args.model, max_len=args.max_len, batch_size=args.batch_size, device=device, precision=precision,
+                        quantize=args.quantize)
     parts = OwnedParts(iter_lines(args.file, errors=args.errors), directory, args.format, part_lines, rank, world_size)
     bar = tqdm(desc="embedding", unit=" sentences", disable=rank != 0 or not sys.stderr.isatty(), file=sys.stderr)
     warnings.simplefilter("ignore", TruncationWarning)

@@ -8,11 +8,14 @@
 Inputs are encoded in batches of similar length (sorted, then put back in the caller's order), so a
 file of mixed-length lines wastes little work on padding.
 
-Where it runs: a model given by name is loaded and moved to `device` (default: a GPU when torch
-sees one, else the CPU); a model object you pass stays on its device unless you give `device`. The
-batches always go to the model's current device, so `emb.model.to("cuda")` later works too.
-`precision="bf16"` (CUDA, or a CPU with AVX512_BF16/AMX) or "fp16" (CUDA) runs the encoder under
-autocast (bertkit/device.py); the vectors returned are float32 either way.
+Where it runs: a model given by name is loaded, moved to `device` (default: a GPU when torch
+sees one, else the CPU) and made ready for inference there as `bertkit embed` and `serve` run it
+(`bertkit.cpu.optimize.for_inference`: on the CPU the compiled encoder where it applies); a model
+object you pass stays as it is, on its device unless you give `device`. `quantize="int8"` (CPU, fp32)
+runs an int8 copy of either. The batches always go to the model's current device, so
+`emb.model.to("cuda")` later works too. `precision="bf16"` (CUDA, or a CPU with AVX512_BF16/AMX) or
+"fp16" (CUDA) runs the encoder under autocast (bertkit/device.py); the vectors returned are float32
+either way.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from ..cpu.optimize import for_inference
 from ..device import autocast, model_device, resolve_device, resolve_precision
 from ..errors import BertkitError
 
@@ -91,7 +95,7 @@ class SentenceRecipe:
 
 class BertEmbedding:
     def __init__(self, model="all-minilm-l6-v2", max_len: int = 512, batch_size: int = 32, device: str | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", quantize: str | None = None):
         from ..pretrained import load
 
         by_name = isinstance(model, (str, bytes)) or hasattr(model, "__fspath__")
@@ -108,6 +112,8 @@ class BertEmbedding:
             self.model.to(resolve_device(device or "auto"))
         self.model.eval()
         self.precision = resolve_precision(precision, self.device)
+        if by_name or quantize is not None:
+            self.model = for_inference(self.model, self.device, self.precision, quantize)
 
     @property
     def device(self) -> torch.device:
