@@ -14,7 +14,6 @@ in one process, interleaved passes, medians; ms per layer call, the CPU model an
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -28,7 +27,8 @@ from bertkit.cpu.native.encoder import load_kernels
 from bertkit.padding import real_token_indices, repad
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_encoder import DEFAULT_DATA, read_sentences  # noqa: E402
+from bench_encoder import read_sentences  # noqa: E402
+from native_paths import arguments  # noqa: E402
 from profile_ops import platform_line  # noqa: E402
 
 
@@ -44,14 +44,8 @@ def layer_path(qkv, lengths, heads, hd):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="all-minilm-l6-v2")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a TSV whose first column is a sentence, with a header")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=7)
+    p = arguments(__doc__.split("\n\n")[0], limit=872)
     p.add_argument("--repeat", type=int, default=5, help="calls per batch in a pass (default 5)")
-    p.add_argument("--limit-batch1", type=int, default=200)
-    p.add_argument("--limit", type=int, default=872)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     kernels = load_kernels()

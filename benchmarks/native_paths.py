@@ -34,15 +34,21 @@ from bench_encoder import DEFAULT_DATA, read_sentences  # noqa: E402
 from profile_ops import platform_line  # noqa: E402
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(description: str, limit: int) -> argparse.ArgumentParser:
+    """The options of the compiled encoder's benchmarks (this one, native_attention.py): the model, the
+    sentences, threads, rounds, and how many sentences batch 1 and batch 32 take."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default="all-minilm-l6-v2")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a TSV whose first column is a sentence, with a header")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--limit-batch1", type=int, default=200)
-    p.add_argument("--limit", type=int, default=640)
-    args = p.parse_args(argv)
+    p.add_argument("--limit", type=int, default=limit)
+    return p
+
+
+def main(argv=None):
+    args = arguments(__doc__.split("\n\n")[0], limit=640).parse_args(argv)
     torch.set_num_threads(args.threads)
     sentences = read_sentences(args.data, None)
     model = bertkit.load(args.model).eval()
