@@ -139,6 +139,8 @@ def test_attention_alone_equals_softmax_qk_v_per_sequence(kernels, head_size, th
         start += n
     with pytest.raises(RuntimeError, match="add up"):
         kernels.attention(qkv, lengths[:-1], heads)
+    with pytest.raises(RuntimeError, match="not at least 1"):
+        kernels.attention(qkv, [0] + lengths, heads)
 
 
 @pytest.mark.parametrize("hidden,heads", [(64, 4), (144, 3)])

@@ -747,11 +747,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   }, pybind11::call_guard<pybind11::gil_scoped_release>());
   // attention over packed q|k|v rows (n, 3H) of sequences of these lengths (benchmarks/native_attention.py)
   m.def("attention", [](const Tensor& qkv, const std::vector<int64_t>& len, int64_t heads) {
-    TORCH_CHECK(qkv.dim() == 2 && qkv.is_contiguous() && qkv.scalar_type() == at::kFloat && qkv.size(1) % (3 * heads) == 0,
-                "qkv: contiguous float32 (n, 3 * heads * head size)");
+    TORCH_CHECK(heads > 0 && qkv.dim() == 2 && qkv.is_contiguous() && qkv.scalar_type() == at::kFloat &&
+                qkv.size(1) % (3 * heads) == 0, "qkv: contiguous float32 (n, 3 * heads * head size)");
     std::vector<int64_t> start(len.size());
     int64_t n = 0;
-    for (size_t b = 0; b < len.size(); ++b) start[b] = n, n += len[b];
+    for (size_t b = 0; b < len.size(); ++b) {
+      TORCH_CHECK(len[b] >= 1, "sequence ", b, ": length ", len[b], " is not at least 1");
+      start[b] = n, n += len[b];
+    }
     TORCH_CHECK(n == qkv.size(0) && !len.empty(), "the lengths must add up to qkv's rows");
     const int64_t hd = qkv.size(1) / (3 * heads);
     TORCH_CHECK(hd % HEAD_STEP == 0 && hd <= 8 * HEAD_STEP, "head size ", hd, " is not a multiple of 16 up to 128");
