@@ -1,7 +1,7 @@
 """What the compiled encoder's attention kernel earns: one layer's self-attention over packed q|k|v rows
 (`bertkit/cpu/native/encoder.cpp`, `attention`) against what the layer-by-layer path does for the same
-rows (bertkit/model.py: repad to (B, T), F.scaled_dot_product_attention with the key mask, back to the
-packed rows).
+rows (bertkit/model.py: repad to (B, T), bertkit.cpu.ops.attention with the key mask, which is
+F.scaled_dot_product_attention at inference, back to the packed rows).
 
 The lengths are those of real sentences (SST-2 dev, or --data) under the model's tokenizer: batch 1
 (the first --limit-batch1 sentences one at a time) and batch 32 (the first --limit sentences in file
@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import bertkit
 from bertkit.cpu.native.encoder import load_kernels
+from bertkit.cpu.ops import attention
 from bertkit.padding import real_token_indices, repad
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,13 +33,13 @@ from profile_ops import platform_line  # noqa: E402
 
 
 def layer_path(qkv, lengths, heads, hd):
-    """The layer-by-layer path's attention for packed rows: (N, 3H) -> (N, H); q taken as already scaled,
-    as the kernel takes it (the compiled encoder folds 1 / sqrt(hd) into the q weights)."""
+    """The layer-by-layer path's attention for packed rows, (N, 3H) -> (N, H), as BertLayer.attention
+    runs it: repad, bertkit.cpu.ops.attention (SDPA at inference; it scales q by 1 / sqrt(hd)), unpad."""
     batch, seqlen = len(lengths), max(lengths)
     mask = torch.arange(seqlen)[None, :] < torch.tensor(lengths)[:, None]
     indices = real_token_indices(mask)
     q, k, v = repad(qkv, indices, batch, seqlen).view(batch, seqlen, 3, heads, hd).permute(2, 0, 3, 1, 4)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=1.0)
+    out = attention(q, k, v, mask[:, None, None, :], 0.0, False)
     return out.transpose(1, 2).reshape(batch * seqlen, -1).index_select(0, indices)
 
 
@@ -63,15 +63,20 @@ def main(argv=None):
         lengths = [model.tokenizer(sentences[i:i + batch_size]).valid_lengths.tolist()
                    for i in range(0, min(limit, len(sentences)), batch_size)]
         rows = [torch.randn(sum(n), 3 * heads * hd, generator=g) for n in lengths]
+        # the kernel takes q already scaled by 1 / sqrt(hd) (the compiled encoder folds it into the q
+        # weights); the layer path scales q itself: it gets the same rows with q unscaled
+        unscaled = [torch.cat([x[:, :heads * hd] * hd ** 0.5, x[:, heads * hd:]], 1) for x in rows]
+        inputs = {"native": rows, "layers": unscaled}
         paths = {"native": lambda qkv, n: kernels.attention(qkv, n, heads),
                  "layers": lambda qkv, n: layer_path(qkv, n, heads, hd)}
-        diff = max((paths["native"](x, n) - paths["layers"](x, n)).abs().max().item() for x, n in zip(rows, lengths))
+        diff = max((paths["native"](x, n) - paths["layers"](y, n)).abs().max().item()
+                   for x, y, n in zip(rows, unscaled, lengths))
         times = {name: [] for name in paths}
         with torch.inference_mode():
             for r in range(args.rounds + 1):  # the first round warms up and is dropped
                 for name in (list(paths) if r % 2 else list(paths)[::-1]):
                     start = time.perf_counter()
-                    for x, n in zip(rows, lengths):
+                    for x, n in zip(inputs[name], lengths):
                         for _ in range(args.repeat):
                             paths[name](x, n)
                     times[name].append((time.perf_counter() - start) / (len(rows) * args.repeat))

@@ -36,8 +36,8 @@ Speed: `Int8Linear` below is the layer-by-layer form (oneDNN's int8 GEMM through
 with the row quantization and the output scaling as separate kernels). What `--quantize int8` runs
 is the compiled encoder's int8 GEMM on these same int8 weights (cpu/native/encoder.cpp: VNNI,
 the quantization in one pass, the scaling, bias and GELU as the output is stored), where the CPU has
-AVX512_VNNI: 2.8x the layer form for one sentence and 1.4x for batches of 32 (AMD EPYC Zen 4,
-2 threads; docs/benchmarks.md).
+AVX512_VNNI: 2.6x the layer form for one sentence and 1.2x for batches of 32 (AMD EPYC Zen 4,
+2 threads; benchmarks/native_paths.py, docs/benchmarks.md).
 
 Modules are found by name (bertkit.cpu does not import bertkit.model): an nn.Linear named
 `...layers.<i>.<qkv|query|key|value|attn_out|ffn_in|ffn_out>` (bertkit's model and its export graph).

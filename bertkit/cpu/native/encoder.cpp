@@ -181,12 +181,8 @@ inline void with_rows(int rows, const Block& block) {
   block(std::integral_constant<int, MR>{});
 }
 
-// One head of one sequence: out rows (i, off:off+hd) = softmax(q_i K^T) V, q already scaled by 1/sqrt(hd).
-// tok: the sequence's first row of the fused (T, 3H) q|k|v projection. kt: hd*Tp floats, s: ROWS*Tp floats
-// (Tp: T rounded up to whole chunks of KEYS keys).
-// Both products are register blocks as in the GEMMs below: query rows in blocks of up to ROWS, each
-// block's scores against KEYS keys at a time (q_i K^T with K transposed once), then P.V with the block's
-// ROWS x hd outputs in registers while the rows of V stream past.
+// The register blocks of one head's attention (attend_rows): query rows per block and vectors of keys per
+// block of scores, as many as the vector registers hold.
 template <int64_t hd>
 struct HeadShape {
   static constexpr int NV = hd / W;                  // vectors per head row
@@ -260,6 +256,12 @@ void attend_rows(const float* tok, int64_t T, int64_t Tp, int64_t stride, int64_
     for (int u = 0; u < NV; ++u) store(out + (i0 + r) * H + off + u * W, acc[r][u] * inv[r]);
 }
 
+// One head of one sequence: out rows (i, off:off+hd) = softmax(q_i K^T) V, q already scaled by 1/sqrt(hd).
+// tok: the sequence's first row of the fused (T, 3H) q|k|v projection. kt: hd*Tp floats, s: ROWS*Tp floats
+// (Tp: T rounded up to whole chunks of KEYS keys).
+// Both products are register blocks as in the GEMMs below: query rows in blocks of up to ROWS, each
+// block's scores against KEYS keys at a time (q_i K^T with K transposed once), then P.V with the block's
+// ROWS x hd outputs in registers while the rows of V stream past.
 template <int64_t hd>
 void attend_head(const float* tok, int64_t T, int64_t H, int64_t off, float* out, float* kt, float* s) {
   using S = HeadShape<hd>;

@@ -84,7 +84,7 @@ def kernels_state(build: bool = True) -> Tuple[Optional[bool], str]:
     """(True, "") where the kernels are loaded, (False, why) where they cannot be; with `build=False`,
     (None, "") where they have not been compiled on this machine yet (nothing is compiled to find out)."""
     if _loaded is None and not build:
-        if os.environ.get("BERTKIT_NATIVE", "1") == "0":
+        if _turned_off():
             return False, "BERTKIT_NATIVE=0"
         name, build_dir = _build_place()
         if not (build_dir / f"{name}.so").exists():
@@ -100,8 +100,12 @@ def _build_place() -> Tuple[str, Path]:
     return name, root / f"{name}_torch{torch.__version__.split('+')[0]}"
 
 
+def _turned_off() -> bool:
+    return os.environ.get("BERTKIT_NATIVE", "1") == "0"
+
+
 def _build() -> Tuple[object, str]:
-    if os.environ.get("BERTKIT_NATIVE", "1") == "0":
+    if _turned_off():
         return None, "BERTKIT_NATIVE=0"
     capability = torch.backends.cpu.get_cpu_capability()
     name, build_dir = _build_place()
