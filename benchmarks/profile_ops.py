@@ -127,19 +127,18 @@ def contenders(model, directory, workdir: Path, threads: int):
 
     plain_ort = session()
     kernels = load_kernels()
-    runs = {
-        "bertkit-plain": (bertkit_path(packed_rows=0, fuse=False, native=False), None),
-        "bertkit-onednn": (bertkit_path(packed_rows=0, native=False), None),
-        "bertkit-layers": (bertkit_path(native=False), None),
+    return {  # name -> (one batch's forward, its profiler: (forward, batches) -> seconds per kind)
+        "bertkit-plain": (bertkit_path(packed_rows=0, fuse=False, native=False), torch_profile),
+        "bertkit-onednn": (bertkit_path(packed_rows=0, native=False), torch_profile),
+        "bertkit-layers": (bertkit_path(native=False), torch_profile),
         "bertkit-native": (native_fp32, native_profile),
         # only where the CPU has the kernels' instructions (elsewhere they run the layer path)
         **({"bertkit-native-bf16": (native_bf16, native_profile)} if kernels.bf16_supported() else {}),
         **({"bertkit-native-int8": (lambda b: native_int8(b.input_ids, b.segment_ids, b.valid_lengths), native_profile)}
            if kernels.int8_supported() else {}),
         "ort": (lambda b: plain_ort.run(None, {"input_ids": b.np_ids, "attention_mask": b.np_mask,
-                                               "token_type_ids": b.np_segs}), session),
+                                               "token_type_ids": b.np_segs}), lambda fn, batches: ort_profile(session, batches)),
     }
-    return runs
 
 
 def main(argv=None):
@@ -172,10 +171,9 @@ def main(argv=None):
               f"{tokens} real tokens; ms per batch (wall: median of {args.rounds})\n")
         print("| path | wall | tok/s | " + " | ".join(kinds) + " | outside ops |")
         print("|---|" + "---:|" * (len(kinds) + 3))
-        for name, (fn, factory) in runs.items():
+        for name, (fn, profile) in runs.items():
             wall = statistics.median(walls[name])
-            sums = (factory(fn, batches) if factory is native_profile else ort_profile(factory, batches) if factory
-                    else torch_profile(fn, batches))
+            sums = profile(fn, batches)
             cells = [sums.get(k, 0.0) for k in kinds]
             ms = lambda s: f"{1e3 * s / len(batches):.3f}"  # noqa: E731
             print(f"| {name} | {ms(wall)} | {tokens / wall:,.0f} | " + " | ".join(ms(c) for c in cells)
